@@ -1,0 +1,13 @@
+//! The mesh's one data model: Kubernetes objects and Istio resources as typed Rust, the derived
+//! views the proxies query, and the sources that fill it (a directory of YAML files today, the
+//! Kubernetes API later). Nothing downstream knows where an object came from.
+
+pub mod duration;
+pub mod identity;
+pub mod istio;
+pub mod k8s;
+pub mod resource;
+
+pub use duration::Duration;
+pub use identity::Identity;
+pub use resource::{Kind, Resource, ResourceKey};

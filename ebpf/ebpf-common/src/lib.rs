@@ -1,0 +1,231 @@
+//! Types shared by the kernel programs (`ebpf/programs`) and ztunnel's loader
+//! (`ztunnel/src/redirect`).
+//!
+//! Everything here is `#[repr(C)]` plain data with explicit padding, because the same bytes are
+//! written by one side and read by the other through BPF maps: a field added on one side only
+//! would silently shift every later field. The `user` feature adds `aya::Pod` impls so the
+//! loader can use these types as map keys and values.
+//!
+//! Addresses are always 16 bytes ([`IpWords`]): IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`),
+//! so one key type serves `AF_INET` and `AF_INET6` sockets — a dual-stack application socket
+//! connecting to an IPv4 address looks the same as an `AF_INET` one. The words hold the address
+//! bytes in network order exactly as the kernel hands them to BPF programs; ports in keys are
+//! host order.
+#![no_std]
+
+/// ztunnel's outbound listener inside each pod's network namespace (Istio's port).
+pub const OUTBOUND_PORT: u16 = 15001;
+/// ztunnel's in-pod plaintext inbound listener.
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+/// ztunnel's in-pod HBONE (mTLS HTTP/2 CONNECT) listener, and the port peers dial.
+pub const HBONE_PORT: u16 = 15008;
+
+/// The loopback interface's index; the same (1) in every network namespace. A connection
+/// whose lookup starts on it was opened from inside the pod's own network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Names of the programs in the object (the Rust function names in `ebpf/programs`).
+pub mod programs {
+    pub const CONNECT4: &str = "mesh_connect4";
+    pub const CONNECT6: &str = "mesh_connect6";
+    pub const SOCK_OPS: &str = "mesh_sock_ops";
+    pub const SK_LOOKUP: &str = "mesh_sk_lookup";
+}
+
+/// Names of the maps in the object (the Rust static names in `ebpf/programs`).
+pub mod maps {
+    /// `HASH<u64 netns cookie, PodConfig>`: which network namespaces are enrolled, and how.
+    pub const POD_CONFIG: &str = "POD_CONFIG";
+    /// `HASH<PortKey, u8>`: per-pod excluded ports, outbound (destination) and inbound.
+    pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+    /// `LRU_HASH<u64 socket cookie, OrigDst>`: written by connect4/6, moved by sock_ops.
+    pub const ORIG_DST_BY_COOKIE: &str = "ORIG_DST_BY_COOKIE";
+    /// `LRU_HASH<PeerKey, OrigDst>`: read (and deleted) by ztunnel after accept on 15001.
+    pub const ORIG_DST_BY_PEER: &str = "ORIG_DST_BY_PEER";
+    /// `SOCKHASH<ListenerKey, socket>`: ztunnel's in-pod listeners, targets of sk_lookup.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// `PERCPU_ARRAY<u64>` indexed by [`crate::counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    // Reserved for the sockmap fast path (issue 8): `SOCKHASH<FlowKey, socket>` filled by the
+    // same sock_ops program at ACTIVE/PASSIVE_ESTABLISHED for pod<->ztunnel loopback flows.
+    // pub const FLOWS: &str = "FLOWS";
+}
+
+/// Map capacities. LRU maps bound memory when ztunnel never reads an entry (client gave up).
+pub mod capacity {
+    pub const PODS: u32 = 1024;
+    pub const EXCLUDED_PORTS: u32 = 16384;
+    pub const ORIG_DST: u32 = 65536;
+    pub const LISTENERS: u32 = 2 * PODS;
+}
+
+/// Indexes into the `COUNTERS` per-CPU array: `program * 3 + outcome`.
+pub mod counter {
+    pub const CAPTURED: u32 = 0;
+    pub const PASSED: u32 = 1;
+    pub const ERRORS: u32 = 2;
+    pub const OUTCOMES: u32 = 3;
+
+    pub const PROG_CONNECT4: u32 = 0;
+    pub const PROG_CONNECT6: u32 = 1;
+    pub const PROG_SOCK_OPS: u32 = 2;
+    pub const PROG_SK_LOOKUP: u32 = 3;
+    pub const PROGRAMS: u32 = 4;
+
+    /// Number of slots in the array.
+    pub const LEN: u32 = PROGRAMS * OUTCOMES;
+
+    /// Slot of `outcome` for `program`.
+    pub const fn index(program: u32, outcome: u32) -> u32 {
+        program * OUTCOMES + outcome
+    }
+}
+
+/// `PodConfig::flags` bits.
+pub mod flags {
+    /// Rewrite the pod's outbound TCP connects to [`crate::OUTBOUND_PORT`].
+    pub const CAPTURE_OUTBOUND: u32 = 1 << 0;
+    /// Steer inbound TCP for the pod IP to ztunnel's listeners.
+    pub const CAPTURE_INBOUND: u32 = 1 << 1;
+    /// Also capture native IPv6 destinations (to `[::1]:15001`); off unless ztunnel listens there.
+    pub const CAPTURE_IPV6: u32 = 1 << 2;
+    /// `PodConfig::health_check_src` is set: inbound from it is never steered.
+    pub const HAS_HEALTH_CHECK_SRC: u32 = 1 << 3;
+}
+
+/// Kinds of in-pod listener, the second half of a [`ListenerKey`].
+pub mod listener {
+    pub const HBONE: u32 = 0;
+    pub const PLAINTEXT: u32 = 1;
+}
+
+/// Direction of a [`PortKey`].
+pub mod direction {
+    pub const OUTBOUND: u8 = 0;
+    pub const INBOUND: u8 = 1;
+}
+
+/// A 16-byte address as four words in network byte order (IPv4 stored IPv4-mapped).
+pub type IpWords = [u32; 4];
+
+/// The third word of an IPv4-mapped address (`0000:ffff` in network order).
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// IPv4-mapped form of an IPv4 address given as the kernel gives it (network order word).
+pub const fn v4_mapped(ip4_be: u32) -> IpWords {
+    [0, 0, V4_MAPPED_WORD, ip4_be]
+}
+
+/// Address words from the 16 octets of an IPv6 (or IPv4-mapped) address.
+pub const fn words_from_octets(o: [u8; 16]) -> IpWords {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// The 16 octets of address words.
+pub const fn octets_from_words(w: IpWords) -> [u8; 16] {
+    let a = w[0].to_ne_bytes();
+    let b = w[1].to_ne_bytes();
+    let c = w[2].to_ne_bytes();
+    let d = w[3].to_ne_bytes();
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
+}
+
+/// Per-pod capture settings, keyed by the pod network namespace's cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodConfig {
+    /// The pod's IP; sk_lookup steers only connections addressed to it.
+    pub pod_ip: IpWords,
+    /// Source of node health checks (kubelet probes), never steered inbound.
+    pub health_check_src: IpWords,
+    /// [`flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Key of `EXCLUDED_PORTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub netns_cookie: u64,
+    pub port: u16,
+    /// [`direction`] value.
+    pub direction: u8,
+    pub _pad: [u8; 5],
+}
+
+/// An original destination as the application asked for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    pub ip: IpWords,
+    /// Host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`: the family the application connected with.
+    pub family: u16,
+    pub _pad: u32,
+}
+
+/// Key of `ORIG_DST_BY_PEER`: the application socket's local address as ztunnel sees it as the
+/// peer of the accepted socket. The netns cookie is needed because every pod's client sockets
+/// come from 127.0.0.1, so two pods can use the same ephemeral port at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub netns_cookie: u64,
+    pub ip: IpWords,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Key of `LISTENERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub netns_cookie: u64,
+    /// [`listener`] kind.
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all these are #[repr(C)] plain data with explicit padding fields, so every byte
+    // is initialised and any bit pattern is valid.
+    unsafe impl aya::Pod for super::PodConfig {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<PodConfig>(), 40);
+        assert_eq!(core::mem::size_of::<PortKey>(), 16);
+        assert_eq!(core::mem::size_of::<OrigDst>(), 24);
+        assert_eq!(core::mem::size_of::<PeerKey>(), 32);
+        assert_eq!(core::mem::size_of::<ListenerKey>(), 16);
+    }
+
+    #[test]
+    fn v4_mapped_matches_octets() {
+        let ip4 = u32::from_ne_bytes([10, 1, 2, 3]);
+        let o = octets_from_words(v4_mapped(ip4));
+        assert_eq!(o, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]);
+        assert_eq!(words_from_octets(o), v4_mapped(ip4));
+    }
+}

@@ -1,0 +1,36 @@
+//! The maps shared by all programs; names and layouts are defined in `ebpf-common` so the
+//! loader agrees with them. See ebpf/README.md for who writes and who reads each one.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
+};
+use ebpf_common::{capacity, counter, ListenerKey, OrigDst, PeerKey, PodConfig, PortKey};
+
+/// Enrolled network namespaces (by netns cookie); written by ztunnel only.
+#[map]
+pub static POD_CONFIG: HashMap<u64, PodConfig> = HashMap::with_max_entries(capacity::PODS, 0);
+
+/// Excluded ports per pod and direction; written by ztunnel only.
+#[map]
+pub static EXCLUDED_PORTS: HashMap<PortKey, u8> =
+    HashMap::with_max_entries(capacity::EXCLUDED_PORTS, 0);
+
+/// Original destinations between connect() and ESTABLISHED. LRU: a connect that never
+/// completes leaves an entry nobody deletes.
+#[map]
+pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(capacity::ORIG_DST, 0);
+
+/// Original destinations by client address, for ztunnel's accept path (which deletes them).
+#[map]
+pub static ORIG_DST_BY_PEER: LruHashMap<PeerKey, OrigDst> =
+    LruHashMap::with_max_entries(capacity::ORIG_DST, 0);
+
+/// ztunnel's in-pod listening sockets; inserted by ztunnel, used by sk_lookup.
+#[map]
+pub static LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(capacity::LISTENERS, 0);
+
+/// Outcome counters, see `ebpf_common::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
