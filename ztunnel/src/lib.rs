@@ -1,1 +1,8 @@
-//! ztunnel
+//! ztunnel: the per-node L4 proxy of the mesh.
+//!
+//! Reusable on their own: [`identity`] (SPIFFE names, CA, certificate manager), [`tls`] (mesh
+//! rustls configs) and [`hbone`] (HTTP/2 CONNECT client and server).
+
+pub mod hbone;
+pub mod identity;
+pub mod tls;
