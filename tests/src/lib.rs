@@ -1,1 +1,5 @@
-//! tests
+//! The local mesh harness shared by the end-to-end tests, `cargo xtask demo` and
+//! `cargo xtask bench`: real network namespaces, veth pairs, cgroups and processes.
+
+pub mod netns;
+pub mod topology;
