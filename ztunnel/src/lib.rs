@@ -6,3 +6,4 @@
 pub mod hbone;
 pub mod identity;
 pub mod tls;
+pub mod state;
