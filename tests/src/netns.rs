@@ -283,3 +283,23 @@ pub fn sweep() -> Result<usize> {
     }
     Ok(removed)
 }
+
+/// Runs `argv` to completion inside netns `ns` and cgroup `cgroup` (so eBPF capture attached to
+/// that cgroup applies to it), returning its output whatever the exit status.
+pub fn output_in(ns: &str, cgroup: Option<&Path>, argv: &[&str]) -> Result<std::process::Output> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(argv);
+    if let Some(cg) = cgroup {
+        let procs = cg.join("cgroup.procs");
+        // SAFETY: only open/write/close between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                fs::write(&procs, b"0")?;
+                Ok(())
+            });
+        }
+    }
+    cmd.output()
+        .with_context(|| format!("running {argv:?} in {ns}"))
+}

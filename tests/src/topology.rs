@@ -52,7 +52,13 @@ pub struct Topology {
 impl Topology {
     /// Creates `nodes` nodes named `node1..nodeN` on a shared fabric.
     pub fn new(nodes: u8) -> Result<Topology> {
-        let id = unique_id();
+        Self::with_id(&unique_id(), nodes)
+    }
+
+    /// Like [`Topology::new`] with a fixed id (the demo's config names `mt-demo-*`). Fails if a
+    /// namespace of that name already exists (another demo is running).
+    pub fn with_id(id: &str, nodes: u8) -> Result<Topology> {
+        let id = id.to_string();
         let fabric = Netns::create(&format!("{PREFIX}-{id}-fabric"))?;
         ip(&fabric.name, &["link", "add", "br0", "type", "bridge"])?;
         ip(&fabric.name, &["link", "set", "br0", "up"])?;
@@ -123,12 +129,22 @@ impl Topology {
 
     /// Adds a pod on `node` with the next free address of that node's pod range.
     pub fn add_pod(&mut self, name: &str, node: &str) -> Result<&PodNet> {
+        let idx = self.node(node).index;
+        let k = self.next_pod[idx as usize];
+        self.next_pod[idx as usize] += 1;
+        self.add_pod_with_ip(name, node, Ipv4Addr::new(10, 1, idx, k))
+    }
+
+    /// Adds a pod at a given address, which must lie in the node's `10.1.N.0/24`.
+    pub fn add_pod_with_ip(&mut self, name: &str, node: &str, pod_ip: Ipv4Addr) -> Result<&PodNet> {
         let n = self.node(node);
         let idx = n.index;
         let node_ns = n.ns.name.clone();
-        let k = self.next_pod[idx as usize];
-        self.next_pod[idx as usize] += 1;
-        let pod_ip = Ipv4Addr::new(10, 1, idx, k);
+        anyhow::ensure!(
+            pod_ip.octets()[..3] == [10, 1, idx],
+            "pod {name}: address {pod_ip} is not in {node}'s range 10.1.{idx}.0/24"
+        );
+        let k = pod_ip.octets()[3];
         let ns = Netns::create(&format!("{PREFIX}-{}-{name}", self.id))?;
         let peer = format!("p{k}");
         ip(
