@@ -7,3 +7,6 @@ pub mod hbone;
 pub mod identity;
 pub mod tls;
 pub mod state;
+pub mod metrics;
+pub mod proxy;
+pub mod redirect;

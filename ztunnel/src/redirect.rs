@@ -1,0 +1,257 @@
+//! eBPF traffic capture: loads the kernel programs of `ebpf/programs` and attaches them to each
+//! enrolled pod, so the pod's TCP traffic reaches this ztunnel without iptables or a sidecar.
+//!
+//! # API
+//! - [`Capture::load`] once per process: loads the object (path from [`object_path`]), fails
+//!   with a [`RedirectError`] naming the missing capability or carrying the verifier's log.
+//! - [`Capture::attach_pod`] per enrolled pod, with a [`PodCaptureSpec`]: the pod's cgroup v2
+//!   directory, its network namespace file, its IP and ztunnel's two in-pod listening sockets.
+//!   Returns a [`PodAttachment`]; dropping it detaches everything for that pod (links and map
+//!   entries). [`PodAttachment::state`] is what `/config_dump` shows.
+//! - [`Capture::original_dst`] with a socket accepted on the pod's outbound listener
+//!   (127.0.0.1:15001 in the pod's namespace): where the application meant to connect.
+//! - [`Capture::counters`]: captured/passed/errors per program, for metrics.
+//!
+//! # What is captured
+//! - Outbound: TCP connects from processes in the pod's cgroup to anything but loopback, and
+//!   not to an excluded port, are rewritten to 127.0.0.1:15001 *in the pod's own network
+//!   namespace*; the original destination is recorded for [`Capture::original_dst`]. ztunnel's
+//!   own sockets are never in a pod's cgroup, so they are never rewritten.
+//! - Inbound: new TCP connections that enter the pod's namespace through a real interface and
+//!   are addressed to the pod IP go to the HBONE listener (port 15008) or the plaintext listener
+//!   (any other port). The accepted socket keeps the original local address, so
+//!   `getsockname()` gives the destination port the peer asked for.
+//!
+//! # How ztunnel delivers to the application without being captured again
+//! ztunnel connects to the application *from inside the pod's network namespace* (a socket
+//! created there, to the pod IP or 127.0.0.1 and the target port). Such a connection reaches
+//! the lookup on the loopback device, and `sk_lookup` never steers lookups arriving on
+//! loopback; the socket is ztunnel's, outside the pod cgroup, so `connect4` does not see it
+//! either. Consequence: connections the pod makes to itself through its own IP are not
+//! captured inbound either (they are outbound-captured first, if not loopback).
+//!
+//! # Restart safety
+//! Every attachment is a `bpf_link` owned by this process: if ztunnel dies, the kernel detaches
+//! them all, and a restarted ztunnel attaches afresh; nothing is pinned. Within one process a
+//! pod (cgroup or network namespace) can be attached only once at a time.
+//!
+//! Where the object comes from: `cargo xtask build-ebpf` writes it to [`DEFAULT_OBJECT`] under
+//! the workspace; [`OBJECT_ENV`] overrides it. It is loaded at run time rather than embedded so
+//! the workspace builds and lints without the eBPF toolchain.
+
+mod attach;
+mod counters;
+mod error;
+mod log;
+mod sys;
+
+use std::{
+    collections::HashSet,
+    net::{SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::fd::BorrowedFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, SockHash},
+    programs::{CgroupSockAddr, ProgramError, SkLookup, SockOps},
+    Ebpf, EbpfLoader,
+};
+use ebpf_common::{maps, programs, ListenerKey, OrigDst, PeerKey, PodConfig, PortKey};
+use parking_lot::Mutex;
+
+pub use attach::{PodAttachment, PodCaptureSpec, PodCaptureState};
+pub use counters::{CaptureCounters, ProgramCounters};
+pub use error::RedirectError;
+
+/// Environment variable naming the eBPF object to load.
+pub const OBJECT_ENV: &str = "MESH_EBPF_OBJECT";
+/// Where `cargo xtask build-ebpf` puts the object, relative to the workspace root.
+pub const DEFAULT_OBJECT: &str = "target/ebpf/mesh-capture.o";
+
+/// The object to load: [`OBJECT_ENV`] if set, else [`DEFAULT_OBJECT`] relative to the current
+/// directory, else relative to the workspace this crate was built in (for tests and `cargo run`).
+pub fn object_path() -> PathBuf {
+    if let Some(p) = std::env::var_os(OBJECT_ENV) {
+        return PathBuf::from(p);
+    }
+    let relative = PathBuf::from(DEFAULT_OBJECT);
+    if relative.exists() {
+        return relative;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(DEFAULT_OBJECT)
+}
+
+/// The loaded capture programs and their maps; one per ztunnel process.
+pub struct Capture {
+    shared: Arc<Shared>,
+}
+
+/// State shared by [`Capture`] and its [`PodAttachment`]s, so programs stay loaded until the
+/// last attachment is gone.
+struct Shared {
+    /// Programs (attach needs `&mut`) and the maps written at enrolment.
+    inner: Mutex<Inner>,
+    /// Read and deleted on every accepted outbound connection: its own lock, so the accept path
+    /// never waits for an enrolment.
+    by_peer: Mutex<HashMap<MapData, PeerKey, OrigDst>>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Declared last: dropped after the maps and programs it reads logs of.
+    _log: Option<log::LogPump>,
+}
+
+struct Inner {
+    ebpf: Ebpf,
+    pod_config: HashMap<MapData, u64, PodConfig>,
+    excluded: HashMap<MapData, PortKey, u8>,
+    listeners: SockHash<MapData, ListenerKey>,
+    /// (dev, inode) of attached cgroups, and cookies of attached network namespaces.
+    cgroups: HashSet<(u64, u64)>,
+    netns: HashSet<u64>,
+}
+
+impl Capture {
+    /// Load the object at `object` (see [`object_path`]) and its programs into the kernel.
+    /// Nothing is attached yet.
+    pub fn load(object: &Path) -> Result<Capture, RedirectError> {
+        let bytes = std::fs::read(object).map_err(|source| RedirectError::ObjectMissing {
+            path: object.to_path_buf(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .load(&bytes)
+            .map_err(|e| RedirectError::kernel("loading the eBPF object (creating maps)", e))?;
+
+        for name in [programs::CONNECT4, programs::CONNECT6] {
+            let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            p.load().map_err(|e| load_error(name, e))?;
+        }
+        let p: &mut SockOps = program(&mut ebpf, programs::SOCK_OPS)?;
+        p.load().map_err(|e| load_error(programs::SOCK_OPS, e))?;
+        let p: &mut SkLookup = program(&mut ebpf, programs::SK_LOOKUP)?;
+        p.load().map_err(|e| load_error(programs::SK_LOOKUP, e))?;
+
+        let log = log::LogPump::start(&mut ebpf);
+        let pod_config = take_map(&mut ebpf, maps::POD_CONFIG)?;
+        let excluded = take_map(&mut ebpf, maps::EXCLUDED_PORTS)?;
+        let by_peer = take_map(&mut ebpf, maps::ORIG_DST_BY_PEER)?;
+        let listeners = take_map(&mut ebpf, maps::LISTENERS)?;
+        let counters = take_map(&mut ebpf, maps::COUNTERS)?;
+        tracing::info!(object = %object.display(), "eBPF capture programs loaded");
+        Ok(Capture {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    ebpf,
+                    pod_config,
+                    excluded,
+                    listeners,
+                    cgroups: HashSet::new(),
+                    netns: HashSet::new(),
+                }),
+                by_peer: Mutex::new(by_peer),
+                counters,
+                _log: log,
+            }),
+        })
+    }
+
+    /// Start capturing a pod's traffic. See [`PodCaptureSpec`] for what must be true of the
+    /// inputs; the returned attachment undoes everything when dropped.
+    pub fn attach_pod(&self, pod: &PodCaptureSpec<'_>) -> Result<PodAttachment, RedirectError> {
+        attach::attach(&self.shared, pod)
+    }
+
+    /// The original destination of a connection accepted on a pod's outbound listener, or
+    /// `None` if it was not captured (or was already asked for: the record is consumed).
+    pub fn original_dst(&self, accepted: BorrowedFd<'_>) -> Option<SocketAddr> {
+        let peer = sys::peer_addr(accepted).ok()?;
+        let netns = sys::netns_cookie(accepted).ok()?;
+        self.shared.original_dst(netns, peer)
+    }
+
+    /// Counters of all programs, summed over CPUs.
+    pub fn counters(&self) -> CaptureCounters {
+        self.shared.counters()
+    }
+}
+
+impl Shared {
+    fn original_dst(&self, netns_cookie: u64, peer: SocketAddr) -> Option<SocketAddr> {
+        let key = PeerKey {
+            netns_cookie,
+            ip: sys::ip_words(peer.ip()),
+            port: peer.port(),
+            _pad: [0; 6],
+        };
+        let mut map = self.by_peer.lock();
+        let orig = map.get(&key, 0).ok()?;
+        // The entry is single-use; leaving it would let a later connection from a reused
+        // ephemeral port inherit it (the LRU would evict it eventually, too late).
+        let _ = map.remove(&key);
+        Some(to_socket_addr(&orig))
+    }
+
+    fn counters(&self) -> CaptureCounters {
+        CaptureCounters::read(|index| {
+            self.counters
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        })
+    }
+}
+
+fn to_socket_addr(orig: &OrigDst) -> SocketAddr {
+    match sys::ip_from_words(orig.ip) {
+        std::net::IpAddr::V4(ip) => SocketAddr::V4(SocketAddrV4::new(ip, orig.port)),
+        std::net::IpAddr::V6(ip) => SocketAddr::V6(SocketAddrV6::new(ip, orig.port, 0, 0)),
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, RedirectError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or(RedirectError::ObjectMismatch {
+            kind: "program",
+            name,
+        })?;
+    p.try_into()
+        .map_err(|_| RedirectError::ObjectMismatch {
+            kind: "program of the expected type",
+            name,
+        })
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, RedirectError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(RedirectError::ObjectMismatch {
+        kind: "map",
+        name,
+    })?;
+    T::try_from(map).map_err(|e| RedirectError::kernel(format!("map {name}"), e))
+}
+
+/// Verifier rejections carry the log; privilege refusals name the capability.
+fn load_error(program: &'static str, e: ProgramError) -> RedirectError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } if !matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+            RedirectError::Verifier {
+                program,
+                source: io_error,
+                log: verifier_log.to_string(),
+            }
+        }
+        other => RedirectError::kernel(format!("loading program {program}"), other),
+    }
+}
