@@ -90,7 +90,7 @@ impl fmt::Display for Duration {
         let d = self.0;
         if d.subsec_nanos() == 0 {
             write!(f, "{}s", d.as_secs())
-        } else if d.as_nanos() % 1_000_000 == 0 {
+        } else if d.as_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
         } else {
             write!(f, "{}ns", d.as_nanos())
@@ -142,7 +142,10 @@ mod tests {
     #[test]
     fn parses_istio_forms() {
         assert_eq!(Duration::parse("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(Duration::parse("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            Duration::parse("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
         assert_eq!(Duration::parse("1m").unwrap(), Duration::from_secs(60));
         assert_eq!(Duration::parse("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(Duration::parse("1m30s").unwrap(), Duration::from_secs(90));

@@ -72,7 +72,10 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(id.namespace, "default");
-        assert_eq!(id.principal(), "cluster.local/ns/default/sa/bookinfo-productpage");
+        assert_eq!(
+            id.principal(),
+            "cluster.local/ns/default/sa/bookinfo-productpage"
+        );
         assert_eq!(
             id.to_string(),
             "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"

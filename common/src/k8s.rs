@@ -26,8 +26,7 @@ pub const CGROUP_ANNOTATION: &str = "mesh.local/cgroup";
 /// Annotation (Istio's name) listing inbound ports excluded from capture, comma separated.
 pub const EXCLUDE_INBOUND_PORTS_ANNOTATION: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
 /// Annotation (Istio's name) listing outbound ports excluded from capture, comma separated.
-pub const EXCLUDE_OUTBOUND_PORTS_ANNOTATION: &str =
-    "traffic.sidecar.istio.io/excludeOutboundPorts";
+pub const EXCLUDE_OUTBOUND_PORTS_ANNOTATION: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -103,11 +102,12 @@ pub struct ContainerPort {
 pub struct PodStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Kubernetes spells these `podIP`, `podIPs`, `hostIP`, which camelCase would not produce.
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<IpAddr>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
     pub pod_ips: Vec<PodIp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<IpAddr>,
 }
 

@@ -6,8 +6,10 @@ pub mod duration;
 pub mod identity;
 pub mod istio;
 pub mod k8s;
+pub mod model;
 pub mod resource;
 
 pub use duration::Duration;
 pub use identity::Identity;
+pub use model::{BuildOptions, Model};
 pub use resource::{Kind, Resource, ResourceKey};

@@ -30,8 +30,8 @@ impl Kind {
     pub fn from_api(api_version: &str, kind: &str) -> Option<Kind> {
         let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
         let version = api_version.rsplit('/').next().unwrap_or("");
-        let istio_net = group == "networking.istio.io"
-            && matches!(version, "v1" | "v1beta1" | "v1alpha3");
+        let istio_net =
+            group == "networking.istio.io" && matches!(version, "v1" | "v1beta1" | "v1alpha3");
         let istio_sec = group == "security.istio.io" && matches!(version, "v1" | "v1beta1");
         let gw_api = group == "gateway.networking.k8s.io" && matches!(version, "v1" | "v1beta1");
         match (kind, group) {
@@ -116,6 +116,9 @@ pub type AuthorizationPolicy = IstioObject<AuthorizationPolicySpec>;
 pub type IstioGateway = IstioObject<IstioGatewaySpec>;
 
 /// Any object the model holds.
+// Variants differ in size, but resources live in one Vec during a load and are then moved
+// into the model's typed lists; boxing would only add an allocation per object.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
 pub enum Resource {

@@ -16,8 +16,31 @@ pub struct PeerAuthenticationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MutualTls>,
     /// Port number (as a string key in YAML) → mode, applies to the workload's target port.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "port_keys"
+    )]
     pub port_level_mtls: BTreeMap<u32, MutualTls>,
+}
+
+/// Port keys arrive as YAML integers (`8080:`) or, from JSON exports, as strings (`"8080":`).
+fn port_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<u32, MutualTls>, D::Error> {
+    #[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+    #[serde(untagged)]
+    enum Key {
+        Int(u32),
+        Str(String),
+    }
+    let raw = BTreeMap::<Key, MutualTls>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| match k {
+            Key::Int(n) => Ok((n, v)),
+            Key::Str(s) => s.parse().map(|n| (n, v)).map_err(|_| {
+                serde::de::Error::custom(format!("portLevelMtls key `{s}` is not a port number"))
+            }),
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
