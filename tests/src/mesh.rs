@@ -128,10 +128,16 @@ impl Mesh {
             .ok_or_else(|| anyhow!("no pods on nodes named nodeN in {}", dir.display()))?;
         let topo = Topology::with_id(id, max_node)?;
         let mut mesh = Self::with_topology(topo, capture)?;
+        // The config names namespaces and cgroups after the demo's id; a mesh with another id
+        // (tests running beside a demo) gets the same files with its own names.
+        let rename = |t: &str| t.replace("/mt-demo-", &format!("/mt-{id}-")).replace("/mt-demo/", &format!("/mt-{id}/"));
         for f in &files {
-            fs::copy(f, mesh.config_dir.join(f.file_name().expect("file")))?;
+            let text = fs::read_to_string(f)?;
+            fs::write(mesh.config_dir.join(f.file_name().expect("file")), rename(&text))?;
         }
-        for p in pods {
+        for mut p in pods {
+            p.netns = rename(&p.netns);
+            p.cgroup = rename(&p.cgroup);
             mesh.topo.add_pod_with_ip(&p.name, &p.node, p.ip)?;
             mesh.pods.insert(p.name.clone(), p);
         }

@@ -367,9 +367,9 @@ pub fn reset(mesh: &Mesh) -> Result<()> {
 
 /// Brings up the whole demo mesh from a config directory: nodes, pods, ztunnels, the reviews
 /// waypoint and every application.
-pub fn bring_up(config: &std::path::Path, progress: Progress) -> Result<Mesh> {
+pub fn bring_up(id: &str, config: &std::path::Path, progress: Progress) -> Result<Mesh> {
     progress("creating nodes and pods (network namespaces, veths, cgroups)");
-    let mut mesh = Mesh::from_dir("demo", config, crate::mesh::CaptureMode::Ebpf)?;
+    let mut mesh = Mesh::from_dir(id, config, crate::mesh::CaptureMode::Ebpf)?;
     let apps: Vec<(String, String, String)> = mesh
         .pods
         .values()

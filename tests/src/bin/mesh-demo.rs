@@ -37,7 +37,7 @@ fn main() {
         print!("\r\x1b[2K  {} {}", "…".cyan(), msg.dimmed());
         let _ = std::io::stdout().flush();
     };
-    let mesh = match scenarios::bring_up(&args.config, &mut progress) {
+    let mesh = match scenarios::bring_up("demo", &args.config, &mut progress) {
         Ok(m) => m,
         Err(e) => {
             println!("\r\x1b[2K{} could not bring the mesh up: {e:#}", "✘".red());
