@@ -10,3 +10,5 @@ pub mod state;
 pub mod metrics;
 pub mod proxy;
 pub mod redirect;
+pub mod config;
+pub mod inpod;

@@ -1,0 +1,265 @@
+//! Inbound HBONE (15008): mTLS termination, `CONNECT` admission, policy, delivery to the app.
+//!
+//! Admission order for each `CONNECT`: mesh ports refused (400), authority must be this pod
+//! (400), AuthorizationPolicy with the identity from the client certificate (401), upstream
+//! connection to the application (503 when it fails), then 200 and the byte relay.
+
+use super::{accept_loop, tcp_labels, PodCtx, ProxyInputs};
+use crate::hbone::{parse_forwarded_for, server, Admission, Baggage, ConnectRequest, Tunnel};
+use crate::identity::Identity;
+use crate::metrics::TcpLabels;
+use crate::state::policy::{authorize, ConnInfo, Decision};
+use crate::state::{Service, Workload};
+use http::{HeaderMap, StatusCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Why a connection was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("policy: {0}")]
+    Policy(String),
+    #[error("upstream unreachable: {0}")]
+    Upstream(std::io::Error),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Policy(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Upstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Accepts HBONE connections for one pod.
+pub async fn run(
+    inputs: ProxyInputs,
+    ctx: Arc<PodCtx>,
+    listener: Arc<TcpListener>,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let drain = inputs.drain.clone();
+    accept_loop(listener, drain, |tcp, peer| {
+        let inputs2 = inputs.clone();
+        let ctx = ctx.clone();
+        let acceptor = acceptor.clone();
+        inputs.tracker.spawn(async move {
+            serve_conn(inputs2, ctx, acceptor, tcp, peer).await;
+        });
+    })
+    .await;
+}
+
+async fn serve_conn(
+    inputs: ProxyInputs,
+    ctx: Arc<PodCtx>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    // Bounded handshake: half-open or silent peers cannot hold a task forever.
+    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, pod = %ctx.workload.name, error = %e, "HBONE TLS handshake refused");
+            inputs.metrics.refuse("hbone", "tls");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, pod = %ctx.workload.name, "HBONE TLS handshake timed out");
+            inputs.metrics.refuse("hbone", "tls_timeout");
+            return;
+        }
+    };
+    let src_identity = crate::tls::peer_identity(tls.get_ref().1);
+    let drain = inputs.drain.clone();
+    let handler = {
+        let inputs = inputs.clone();
+        let ctx = ctx.clone();
+        move |req: ConnectRequest| {
+            handle_connect(inputs.clone(), ctx.clone(), peer, src_identity.clone(), req)
+        }
+    };
+    if let Err(e) = server::serve(tls, handler, drain.cancelled_owned()).await {
+        tracing::debug!(%peer, error = %e, "HBONE connection ended with error");
+        if e.is_parse() || e.to_string().contains("preface") {
+            inputs.metrics.refuse("hbone", "not_h2");
+        }
+    }
+}
+
+async fn handle_connect(
+    inputs: ProxyInputs,
+    ctx: Arc<PodCtx>,
+    peer: SocketAddr,
+    src_identity: Option<Identity>,
+    req: ConnectRequest,
+) -> Admission {
+    let dst = req.authority;
+    if inputs.cfg.mesh_ports().contains(&dst.port()) {
+        tracing::warn!(%peer, %dst, "CONNECT to a mesh port refused");
+        inputs.metrics.refuse("hbone", "mesh_port");
+        return Admission::Reject(StatusCode::BAD_REQUEST);
+    }
+    if dst.ip() != ctx.workload.ip {
+        tracing::warn!(%peer, %dst, pod = %ctx.workload.ip, "CONNECT authority is not this pod");
+        inputs.metrics.refuse("hbone", "unknown_destination");
+        return Admission::Reject(StatusCode::BAD_REQUEST);
+    }
+    let remote = req
+        .headers
+        .get("forwarded")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_forwarded_for);
+    let conn = ConnInfo {
+        src_ip: peer.ip(),
+        remote_ip: remote.map(|r| r.ip()).unwrap_or(peer.ip()),
+        src_identity: src_identity.clone(),
+        dst,
+    };
+    let st = inputs.state.load();
+    let src_wl = remote.and_then(|r| st.workload(r.ip()).cloned());
+    let svc = st
+        .services
+        .values()
+        .find(|s| s.endpoints.contains(&ctx.workload.ip))
+        .cloned();
+    let labels = tcp_labels(
+        &inputs.cfg,
+        "destination",
+        src_wl.as_deref(),
+        src_identity.map(|i| i.to_string()),
+        Some(&ctx.workload),
+        svc.as_deref(),
+        "mutual_tls",
+    );
+    match admit(&inputs, &ctx, &conn).await {
+        Err(r) => {
+            let status = r.status();
+            tracing::warn!(%peer, %dst, src_identity = ?conn.src_identity, reason = %r, %status, "inbound CONNECT refused");
+            inputs.metrics.refuse(
+                "hbone",
+                if status == StatusCode::UNAUTHORIZED { "policy" } else { "upstream" },
+            );
+            Admission::Reject(status)
+        }
+        Ok(upstream) => {
+            let mut headers = HeaderMap::new();
+            let bag = ctx.workload.baggage(&inputs.cfg.cluster).to_header();
+            if let Some(v) = server::header_value(&bag) {
+                headers.insert("baggage", v);
+            }
+            let inputs = inputs.clone();
+            Admission::Accept {
+                headers,
+                task: Box::new(move |t: Tunnel| {
+                    Box::pin(async move { relay(&inputs, t, upstream, labels, conn.src_ip, dst).await })
+                }),
+            }
+        }
+    }
+}
+
+/// Policy check and upstream connection for a connection to `ctx`'s pod.
+pub(crate) async fn admit(
+    inputs: &ProxyInputs,
+    ctx: &PodCtx,
+    conn: &ConnInfo,
+) -> Result<TcpStream, Refusal> {
+    let st = inputs.state.load();
+    let wl: Arc<Workload> = st
+        .workload(ctx.workload.ip)
+        .cloned()
+        .unwrap_or_else(|| ctx.workload.clone());
+    if let Decision::Deny(reason) = authorize(&st.authorizations, wl.target(), conn) {
+        return Err(Refusal::Policy(reason));
+    }
+    let addr = ctx.delivery_addr(conn.dst.port());
+    match tokio::time::timeout(inputs.cfg.connect_timeout, ctx.sockets.connect(addr)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(Refusal::Upstream(e)),
+        Err(_) => Err(Refusal::Upstream(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Relays bytes between the downstream side and the application, with metrics and an access
+/// log line at the end.
+pub(crate) async fn relay<A>(
+    inputs: &ProxyInputs,
+    mut down: A,
+    mut up: TcpStream,
+    labels: TcpLabels,
+    src: std::net::IpAddr,
+    dst: SocketAddr,
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let reporter = labels.reporter.clone();
+    let security = labels.connection_security_policy.clone();
+    let src_principal = labels.source_principal.clone();
+    let m = inputs.metrics.connection(labels);
+    let r = super::copy::copy_bidirectional(&mut down, &mut up, Some(&m.received), Some(&m.sent))
+        .await;
+    let (rx, tx) = r.as_ref().map(|x| *x).unwrap_or((m.received.get(), m.sent.get()));
+    tracing::info!(
+        target: "access",
+        reporter, %src, %dst, src_identity = %src_principal, security,
+        bytes_received = rx, bytes_sent = tx,
+        duration_ms = start.elapsed().as_millis() as u64,
+        error = r.err().map(|e| e.to_string()),
+        "connection complete"
+    );
+}
+
+/// Same-node short path: the source pod's outbound hands the connection straight to the
+/// destination pod's inbound logic (policy and telemetry kept, no TLS over loopback). The
+/// source identity is the source pod's own, which this ztunnel holds the certificate for.
+pub(crate) async fn deliver_local<A>(
+    inputs: &ProxyInputs,
+    src: &PodCtx,
+    dst_ctx: &PodCtx,
+    down: A,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    svc: Option<Arc<Service>>,
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = ConnInfo {
+        src_ip: src.workload.ip,
+        remote_ip: src.workload.ip,
+        src_identity: Some(src.workload.identity.clone()),
+        dst,
+    };
+    match admit(inputs, dst_ctx, &conn).await {
+        Err(r) => {
+            tracing::warn!(%peer, %dst, reason = %r, "same-node connection refused");
+            inputs.metrics.refuse("outbound", "same_node_refused");
+        }
+        Ok(up) => {
+            let labels = tcp_labels(
+                &inputs.cfg,
+                "destination",
+                Some(&src.workload),
+                Some(src.workload.identity.to_string()),
+                Some(&dst_ctx.workload),
+                svc.as_deref(),
+                "mutual_tls",
+            );
+            relay(inputs, down, up, labels, peer.ip(), dst).await;
+        }
+    }
+}
+
+/// Parses the `baggage` response header of a CONNECT (used by the client side for labels).
+pub fn peer_baggage(h: &HeaderMap) -> Option<Baggage> {
+    h.get("baggage")
+        .and_then(|v| v.to_str().ok())
+        .map(Baggage::parse)
+}

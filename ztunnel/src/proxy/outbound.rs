@@ -1,0 +1,171 @@
+//! Outbound (15001): a pod's captured connection → original destination → workload or service
+//! endpoint → HBONE to the endpoint's node (pooled), the same-node short path, or plain TCP
+//! when the destination is outside the mesh.
+
+use super::inbound::deliver_local;
+use super::pool::PoolKey;
+use super::{accept_loop, tcp_labels, PodCtx, ProxyInputs};
+use crate::hbone::{forwarded_header, new_traceparent, H2Client, HboneError};
+use crate::state::Upstream;
+use http::{HeaderMap, HeaderValue};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Accepts a pod's outbound connections.
+pub async fn run(inputs: ProxyInputs, ctx: Arc<PodCtx>, listener: Arc<TcpListener>) {
+    let drain = inputs.drain.clone();
+    accept_loop(listener, drain, |tcp, peer| {
+        let inputs2 = inputs.clone();
+        let ctx = ctx.clone();
+        inputs.tracker.spawn(async move { handle(inputs2, ctx, tcp, peer).await });
+    })
+    .await;
+}
+
+async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, peer: SocketAddr) {
+    let Ok(local) = tcp.local_addr() else { return };
+    let Some(orig) = inputs.orig_dst.outbound(ctx.workload.ip, peer, local) else {
+        tracing::warn!(%peer, pod = %ctx.workload.name, "outbound connection without original destination");
+        inputs.metrics.refuse("outbound", "no_original_destination");
+        return;
+    };
+    let st = inputs.state.load();
+    let Some(up) = st.resolve(orig, |n| rand::random::<usize>() % n) else {
+        tracing::warn!(%peer, dst = %orig, "service has no usable endpoint");
+        inputs.metrics.refuse("outbound", "no_healthy_upstream");
+        return;
+    };
+    drop(st);
+    match &up.workload {
+        Some(w) if w.enrolled => {
+            let local_dst = inputs.local_pods.read().get(&w.ip).cloned();
+            match local_dst {
+                Some(dst_ctx) if w.node == inputs.cfg.node => {
+                    deliver_local(&inputs, &ctx, &dst_ctx, tcp, peer, up.addr, up.service.clone())
+                        .await
+                }
+                _ => hbone(&inputs, &ctx, tcp, peer, up).await,
+            }
+        }
+        _ => passthrough(&inputs, &ctx, tcp, peer, up).await,
+    }
+}
+
+async fn hbone(inputs: &ProxyInputs, ctx: &Arc<PodCtx>, tcp: TcpStream, peer: SocketAddr, up: Upstream) {
+    let Some(w) = up.workload.clone() else { return };
+    let hbone_addr = SocketAddr::new(w.ip, inputs.cfg.hbone_port);
+    let key = PoolKey {
+        src: ctx.workload.identity.clone(),
+        dst: w.identity.clone(),
+        dst_addr: hbone_addr,
+    };
+    let mut headers = HeaderMap::new();
+    let fwd = forwarded_header(peer, up.service.as_ref().map(|s| s.hostname.as_str()));
+    for (k, v) in [
+        ("forwarded", fwd),
+        ("baggage", ctx.workload.baggage(&inputs.cfg.cluster).to_header()),
+        ("traceparent", new_traceparent()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.insert(k, v);
+        }
+    }
+    let dial = || dial(inputs, ctx, hbone_addr, w.identity.clone());
+    let start = Instant::now();
+    let tunnel = match tokio::time::timeout(
+        inputs.cfg.connect_timeout,
+        inputs.pool.connect(key, dial, up.addr, headers),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, dst = %up.addr, via = %hbone_addr, error = %e, "HBONE connect failed");
+            inputs.metrics.refuse("outbound", "hbone_connect");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, dst = %up.addr, via = %hbone_addr, "HBONE connect timed out");
+            inputs.metrics.refuse("outbound", "hbone_timeout");
+            return;
+        }
+    };
+    tracing::debug!(%peer, dst = %up.addr, elapsed_us = start.elapsed().as_micros() as u64, "HBONE tunnel open");
+    let labels = tcp_labels(
+        &inputs.cfg,
+        "source",
+        Some(&ctx.workload),
+        Some(ctx.workload.identity.to_string()),
+        Some(&w),
+        up.service.as_deref(),
+        "mutual_tls",
+    );
+    relay_client(inputs, tcp, tunnel, labels, peer, up.addr).await;
+}
+
+async fn dial(
+    inputs: &ProxyInputs,
+    ctx: &PodCtx,
+    addr: SocketAddr,
+    expected: crate::identity::Identity,
+) -> Result<H2Client, HboneError> {
+    let tcp = ctx.sockets.connect(addr).await?;
+    let cfg = crate::tls::client_config(ctx.cert.clone(), inputs.certs.roots(), vec![expected])
+        .map_err(|e| HboneError::Io(std::io::Error::other(e)))?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(crate::tls::dummy_server_name(), tcp)
+        .await?;
+    H2Client::handshake(tls).await
+}
+
+async fn passthrough(inputs: &ProxyInputs, ctx: &PodCtx, tcp: TcpStream, peer: SocketAddr, up: Upstream) {
+    let upstream = match tokio::time::timeout(inputs.cfg.connect_timeout, ctx.sockets.connect(up.addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, dst = %up.addr, error = %e, "passthrough connect failed");
+            inputs.metrics.refuse("outbound", "passthrough_connect");
+            return;
+        }
+        Err(_) => {
+            inputs.metrics.refuse("outbound", "passthrough_timeout");
+            return;
+        }
+    };
+    let labels = tcp_labels(
+        &inputs.cfg,
+        "source",
+        Some(&ctx.workload),
+        Some(ctx.workload.identity.to_string()),
+        up.workload.as_deref(),
+        up.service.as_deref(),
+        "unknown",
+    );
+    relay_client(inputs, tcp, upstream, labels, peer, up.addr).await;
+}
+
+async fn relay_client<U>(
+    inputs: &ProxyInputs,
+    mut down: TcpStream,
+    mut up: U,
+    labels: crate::metrics::TcpLabels,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let security = labels.connection_security_policy.clone();
+    let m = inputs.metrics.connection(labels);
+    let r = super::copy::copy_bidirectional(&mut down, &mut up, Some(&m.sent), Some(&m.received))
+        .await;
+    tracing::info!(
+        target: "access",
+        reporter = "source", src = %peer, %dst, security,
+        bytes_sent = m.sent.get(), bytes_received = m.received.get(),
+        duration_ms = start.elapsed().as_millis() as u64,
+        error = r.err().map(|e| e.to_string()),
+        "connection complete"
+    );
+}
