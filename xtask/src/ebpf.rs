@@ -111,8 +111,7 @@ pub fn build(release: bool) -> Result<PathBuf> {
                 // Copy through a temporary name so a concurrently starting ztunnel never
                 // reads half an object.
                 let tmp = dest.with_extension("o.tmp");
-                fs::copy(&object, &tmp)
-                    .with_context(|| format!("copying {}", object.display()))?;
+                fs::copy(&object, &tmp).with_context(|| format!("copying {}", object.display()))?;
                 fs::rename(&tmp, &dest)?;
                 eprintln!(
                     "ebpf: built {} in {} s",
@@ -164,7 +163,13 @@ fn setup(route: u8, tools: &Path) -> Result<PathBuf> {
                 )?;
             }
             run(
-                Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+                Command::new("rustup").args([
+                    "component",
+                    "add",
+                    "rust-src",
+                    "--toolchain",
+                    "nightly",
+                ]),
                 DOWNLOAD_TIMEOUT,
             )?;
             let root = tools.join("route2-bpf-linker-0.10.3");
