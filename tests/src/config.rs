@@ -30,7 +30,11 @@ pub fn namespace(name: &str, ambient: bool) -> String {
 
 pub fn pod(p: &PodDef) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}", p.name);
+    let _ = writeln!(
+        s,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}",
+        p.name
+    );
     let _ = writeln!(s, "  namespace: {}", p.namespace);
     if p.app.is_empty() && p.labels.is_empty() {
         s.push_str("  labels: {}\n");
@@ -54,7 +58,13 @@ pub fn pod(p: &PodDef) -> String {
     s
 }
 
-pub fn service(name: &str, namespace: &str, vip: Ipv4Addr, port: u16, waypoint: Option<&str>) -> String {
+pub fn service(
+    name: &str,
+    namespace: &str,
+    vip: Ipv4Addr,
+    port: u16,
+    waypoint: Option<&str>,
+) -> String {
     let mut s = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
     );

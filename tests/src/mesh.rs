@@ -130,10 +130,16 @@ impl Mesh {
         let mut mesh = Self::with_topology(topo, capture)?;
         // The config names namespaces and cgroups after the demo's id; a mesh with another id
         // (tests running beside a demo) gets the same files with its own names.
-        let rename = |t: &str| t.replace("/mt-demo-", &format!("/mt-{id}-")).replace("/mt-demo/", &format!("/mt-{id}/"));
+        let rename = |t: &str| {
+            t.replace("/mt-demo-", &format!("/mt-{id}-"))
+                .replace("/mt-demo/", &format!("/mt-{id}/"))
+        };
         for f in &files {
             let text = fs::read_to_string(f)?;
-            fs::write(mesh.config_dir.join(f.file_name().expect("file")), rename(&text))?;
+            fs::write(
+                mesh.config_dir.join(f.file_name().expect("file")),
+                rename(&text),
+            )?;
         }
         for mut p in pods {
             p.netns = rename(&p.netns);
@@ -146,7 +152,14 @@ impl Mesh {
 
     /// Adds a pod to the topology and returns its definition (to be written to the config with
     /// [`config::pod`]). Name, node, app/version and service account as given.
-    pub fn add_pod(&mut self, name: &str, node: &str, app: &str, version: &str, sa: &str) -> Result<PodDef> {
+    pub fn add_pod(
+        &mut self,
+        name: &str,
+        node: &str,
+        app: &str,
+        version: &str,
+        sa: &str,
+    ) -> Result<PodDef> {
         let p = self.topo.add_pod(name, node)?;
         let def = PodDef {
             name: name.to_string(),
@@ -191,7 +204,10 @@ impl Mesh {
                 "RUST_LOG".into(),
                 std::env::var("MESH_RUST_LOG").unwrap_or_else(|_| "info".into()),
             ),
-            ("MESH_EBPF_OBJECT".into(), ebpf_object().display().to_string()),
+            (
+                "MESH_EBPF_OBJECT".into(),
+                ebpf_object().display().to_string(),
+            ),
         ]
     }
 
@@ -209,9 +225,20 @@ impl Mesh {
             argv.extend(["--capture".into(), "none".into()]);
         }
         let name = format!("ztunnel-{node}");
-        let proc = Proc::spawn(&name, Some(&n.ns.name), None, &argv, &self.common_env(), &self.log_dir)?;
+        let proc = Proc::spawn(
+            &name,
+            Some(&n.ns.name),
+            None,
+            &argv,
+            &self.common_env(),
+            &self.log_dir,
+        )?;
         self.ztunnels.insert(node.to_string(), proc);
-        self.wait_ready_in(&n.ns.name.clone(), "127.0.0.1:15021", &format!("ztunnel on {node}"))
+        self.wait_ready_in(
+            &n.ns.name.clone(),
+            "127.0.0.1:15021",
+            &format!("ztunnel on {node}"),
+        )
     }
 
     pub fn start_all_ztunnels(&mut self) -> Result<()> {
@@ -239,7 +266,14 @@ impl Mesh {
         env.push(("POD_NAME".into(), pod.to_string()));
         env.push(("POD_IP".into(), p.ip.to_string()));
         let ns = p.ns.name.clone();
-        let proc = Proc::spawn(pod, Some(&ns), Some(&p.cgroup.path), &argv, &env, &self.log_dir)?;
+        let proc = Proc::spawn(
+            pod,
+            Some(&ns),
+            Some(&p.cgroup.path),
+            &argv,
+            &env,
+            &self.log_dir,
+        )?;
         self.procs.insert(pod.to_string(), proc);
         self.wait_ready_in(&ns, "127.0.0.1:15021", &format!("waypoint {gateway}"))
     }
@@ -260,7 +294,14 @@ impl Mesh {
             pod.into(),
         ];
         let ns = p.ns.name.clone();
-        let proc = Proc::spawn(pod, Some(&ns), Some(&p.cgroup.path), &argv, &[], &self.log_dir)?;
+        let proc = Proc::spawn(
+            pod,
+            Some(&ns),
+            Some(&p.cgroup.path),
+            &argv,
+            &[],
+            &self.log_dir,
+        )?;
         self.procs.insert(pod.to_string(), proc);
         self.wait_listening(&ns, port)
     }
@@ -283,7 +324,14 @@ impl Mesh {
     }
 
     /// Runs `mesh-app load` from a pod and returns its JSON summary.
-    pub fn load(&self, pod: &str, url: &str, requests: u32, concurrency: u32, headers: &[&str]) -> Result<serde_json::Value> {
+    pub fn load(
+        &self,
+        pod: &str,
+        url: &str,
+        requests: u32,
+        concurrency: u32,
+        headers: &[&str],
+    ) -> Result<serde_json::Value> {
         let app = bin("mesh-app").display().to_string();
         let n = requests.to_string();
         let c = concurrency.to_string();
@@ -293,7 +341,10 @@ impl Mesh {
         }
         let out = self.exec(pod, &argv)?;
         if !out.status.success() {
-            bail!("load from {pod} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "load from {pod} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     }
@@ -301,14 +352,26 @@ impl Mesh {
     /// Prometheus text from a node's ztunnel.
     pub fn ztunnel_metrics(&self, node: &str) -> Result<String> {
         let n = self.topo.node(node);
-        let out = n.ns.exec(&["curl", "-s", "--max-time", "5", "http://127.0.0.1:15020/metrics"])?;
+        let out = n.ns.exec(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:15020/metrics",
+        ])?;
         Ok(out)
     }
 
     /// Prometheus text from the process (waypoint) running in `pod`.
     pub fn pod_metrics(&self, pod: &str) -> Result<String> {
         let p = self.topo.pod(pod);
-        p.ns.exec(&["curl", "-s", "--max-time", "5", "http://127.0.0.1:15020/metrics"])
+        p.ns.exec(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:15020/metrics",
+        ])
     }
 
     fn wait_ready_in(&mut self, ns: &str, addr: &str, what: &str) -> Result<()> {
@@ -326,7 +389,10 @@ impl Mesh {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("{what} not ready after 30s; logs in {}", self.log_dir.display())
+        bail!(
+            "{what} not ready after 30s; logs in {}",
+            self.log_dir.display()
+        )
     }
 
     fn wait_listening(&mut self, ns: &str, port: u16) -> Result<()> {

@@ -144,9 +144,15 @@ pub fn mtls_identities(mesh: &Mesh, progress: Progress) -> Result<StepReport> {
         .unwrap_or("")
         .to_string();
     let mtls = line.contains("connection_security_policy=\"mutual_tls\"");
-    let principal = line.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\"");
+    let principal = line
+        .contains("source_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\"");
     r.check("destination ztunnel saw mutual_tls", mtls, true, mtls);
-    r.check("peer identity taken from the certificate", principal, true, principal);
+    r.check(
+        "peer identity taken from the certificate",
+        principal,
+        true,
+        principal,
+    );
     if !line.is_empty() {
         r.notes.push(line);
     }
@@ -161,23 +167,35 @@ pub fn canary(mesh: &Mesh, progress: Progress, requests: u32) -> Result<Vec<Step
             &format!("Canary: reviews v1 {v1}% / v2 {v2}%"),
             &format!("VirtualService reviews: weights v1={v1} v2={v2}"),
         );
-        progress(&format!("applying {v1}/{v2} and sending {requests} requests"));
-        apply(mesh, "40-reviews-virtual-service.yaml", &reviews_vs(&split(v1, v2, 0)), || {
-            if v2 == 100 {
-                mesh.load(CLIENT, REVIEWS_URL, 20, 4, &[])
-                    .map(|s| count(&s, "by_version", "v1") == 0)
-                    .unwrap_or(false)
-            } else {
-                true
-            }
-        })?;
+        progress(&format!(
+            "applying {v1}/{v2} and sending {requests} requests"
+        ));
+        apply(
+            mesh,
+            "40-reviews-virtual-service.yaml",
+            &reviews_vs(&split(v1, v2, 0)),
+            || {
+                if v2 == 100 {
+                    mesh.load(CLIENT, REVIEWS_URL, 20, 4, &[])
+                        .map(|s| count(&s, "by_version", "v1") == 0)
+                        .unwrap_or(false)
+                } else {
+                    true
+                }
+            },
+        )?;
         std::thread::sleep(Duration::from_millis(500));
         let s = mesh.load(CLIENT, REVIEWS_URL, requests, 8, &[])?;
         let total = s["total"].as_u64().unwrap_or(0);
         let ok200 = count(&s, "by_status", "200");
         let n1 = count(&s, "by_version", "v1");
         let n2 = count(&s, "by_version", "v2");
-        r.check("requests answered 200", ok200, total, ok200 == total && total > 0);
+        r.check(
+            "requests answered 200",
+            ok200,
+            total,
+            ok200 == total && total > 0,
+        );
         r.check(
             "share to v1",
             format!("{:.1}%", 100.0 * n1 as f64 / total.max(1) as f64),
@@ -204,48 +222,84 @@ pub fn header_routing(mesh: &Mesh, progress: Progress) -> Result<StepReport> {
     );
     let body = "  - match:\n    - headers:\n        end-user:\n          exact: jason\n    route:\n    - destination:\n        host: reviews\n        subset: v2\n  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
     progress("applying header rule");
-    apply(mesh, "40-reviews-virtual-service.yaml", &reviews_vs(body), || {
-        mesh.load(CLIENT, REVIEWS_URL, 10, 2, &["end-user: jason"])
-            .map(|s| count(&s, "by_version", "v2") == 10)
-            .unwrap_or(false)
-    })?;
+    apply(
+        mesh,
+        "40-reviews-virtual-service.yaml",
+        &reviews_vs(body),
+        || {
+            mesh.load(CLIENT, REVIEWS_URL, 10, 2, &["end-user: jason"])
+                .map(|s| count(&s, "by_version", "v2") == 10)
+                .unwrap_or(false)
+        },
+    )?;
     let jason = mesh.load(CLIENT, REVIEWS_URL, 100, 4, &["end-user: jason"])?;
     let other = mesh.load(CLIENT, REVIEWS_URL, 100, 4, &["end-user: alice"])?;
     let j2 = count(&jason, "by_version", "v2");
     let o1 = count(&other, "by_version", "v1");
-    r.check("end-user: jason → v2", format!("{j2}/100"), "100/100", j2 == 100);
-    r.check("end-user: alice → v1", format!("{o1}/100"), "100/100", o1 == 100);
+    r.check(
+        "end-user: jason → v2",
+        format!("{j2}/100"),
+        "100/100",
+        j2 == 100,
+    );
+    r.check(
+        "end-user: alice → v1",
+        format!("{o1}/100"),
+        "100/100",
+        o1 == 100,
+    );
     Ok(r)
 }
 
 /// Step 4: fault injection: a 2 s delay for everyone, then a 50% abort.
 pub fn faults(mesh: &Mesh, progress: Progress) -> Result<Vec<StepReport>> {
     let mut out = Vec::new();
-    let mut r = StepReport::new("Fault injection: 2 s delay", "fault.delay fixedDelay 2s, 100%");
+    let mut r = StepReport::new(
+        "Fault injection: 2 s delay",
+        "fault.delay fixedDelay 2s, 100%",
+    );
     let delay = "  - fault:\n      delay:\n        fixedDelay: 2s\n        percentage:\n          value: 100\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
     progress("applying a 100% 2 s delay");
-    apply(mesh, "40-reviews-virtual-service.yaml", &reviews_vs(delay), || {
-        mesh.load(CLIENT, REVIEWS_URL, 1, 1, &[])
-            .map(|s| s["latency_ms"]["p50"].as_f64().unwrap_or(0.0) >= 1900.0)
-            .unwrap_or(false)
-    })?;
+    apply(
+        mesh,
+        "40-reviews-virtual-service.yaml",
+        &reviews_vs(delay),
+        || {
+            mesh.load(CLIENT, REVIEWS_URL, 1, 1, &[])
+                .map(|s| s["latency_ms"]["p50"].as_f64().unwrap_or(0.0) >= 1900.0)
+                .unwrap_or(false)
+        },
+    )?;
     progress("sending 10 requests in parallel");
     let s = mesh.load(CLIENT, REVIEWS_URL, 10, 10, &[])?;
     let p50 = s["latency_ms"]["p50"].as_f64().unwrap_or(0.0);
     let ok = count(&s, "by_status", "200");
-    r.check("p50 latency", format!("{p50:.0} ms"), "≥ 2000 ms, < 2500 ms", (2000.0..2500.0).contains(&p50));
+    r.check(
+        "p50 latency",
+        format!("{p50:.0} ms"),
+        "≥ 2000 ms, < 2500 ms",
+        (2000.0..2500.0).contains(&p50),
+    );
     r.check("requests still answered 200", ok, 10, ok == 10);
     r.notes.push(latency_note(&s));
     out.push(r);
 
-    let mut r = StepReport::new("Fault injection: 50% abort", "fault.abort httpStatus 503, 50%");
+    let mut r = StepReport::new(
+        "Fault injection: 50% abort",
+        "fault.abort httpStatus 503, 50%",
+    );
     let abort = "  - fault:\n      abort:\n        httpStatus: 503\n        percentage:\n          value: 50\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
     progress("applying a 50% abort (503)");
-    apply(mesh, "40-reviews-virtual-service.yaml", &reviews_vs(abort), || {
-        mesh.load(CLIENT, REVIEWS_URL, 20, 4, &[])
-            .map(|s| count(&s, "by_status", "503") > 0)
-            .unwrap_or(false)
-    })?;
+    apply(
+        mesh,
+        "40-reviews-virtual-service.yaml",
+        &reviews_vs(abort),
+        || {
+            mesh.load(CLIENT, REVIEWS_URL, 20, 4, &[])
+                .map(|s| count(&s, "by_status", "503") > 0)
+                .unwrap_or(false)
+        },
+    )?;
     let s = mesh.load(CLIENT, REVIEWS_URL, 1000, 8, &[])?;
     let n503 = count(&s, "by_status", "503");
     let total = s["total"].as_u64().unwrap_or(0);
@@ -265,27 +319,52 @@ pub fn retries(mesh: &Mesh, progress: Progress) -> Result<Vec<StepReport>> {
     let mut out = Vec::new();
     progress("making reviews-v3 fail half of its requests");
     let v3 = mesh.pod_ip("reviews-v3");
-    mesh.curl(CLIENT, &format!("http://{v3}:9080/admin/fail?rate=0.5&code=503"), &[])?;
+    mesh.curl(
+        CLIENT,
+        &format!("http://{v3}:9080/admin/fail?rate=0.5&code=503"),
+        &[],
+    )?;
     let no_retry = "  - route:\n    - destination:\n        host: reviews\n        subset: v3\n    retries:\n      attempts: 0\n";
-    let mut r = StepReport::new("Without retries: a flaky v3", "route 100% → v3, retries.attempts 0; v3 fails 50% with 503");
-    apply(mesh, "40-reviews-virtual-service.yaml", &reviews_vs(no_retry), || {
-        mesh.load(CLIENT, REVIEWS_URL, 20, 4, &[])
-            .map(|s| count(&s, "by_version", "v3") > 0 && count(&s, "by_status", "503") > 0)
-            .unwrap_or(false)
-    })?;
+    let mut r = StepReport::new(
+        "Without retries: a flaky v3",
+        "route 100% → v3, retries.attempts 0; v3 fails 50% with 503",
+    );
+    apply(
+        mesh,
+        "40-reviews-virtual-service.yaml",
+        &reviews_vs(no_retry),
+        || {
+            mesh.load(CLIENT, REVIEWS_URL, 20, 4, &[])
+                .map(|s| count(&s, "by_version", "v3") > 0 && count(&s, "by_status", "503") > 0)
+                .unwrap_or(false)
+        },
+    )?;
     let s = mesh.load(CLIENT, REVIEWS_URL, 400, 8, &[])?;
     let n503 = count(&s, "by_status", "503");
-    r.check("errors seen by the client", format!("{n503}/400"), "≈ 50%", share_ok(n503, 400, 0.5, 0.08));
+    r.check(
+        "errors seen by the client",
+        format!("{n503}/400"),
+        "≈ 50%",
+        share_ok(n503, 400, 0.5, 0.08),
+    );
     out.push(r);
 
     let with_retry = "  - route:\n    - destination:\n        host: reviews\n        subset: v3\n    retries:\n      attempts: 5\n      retryOn: 5xx\n";
-    let mut r = StepReport::new("With retries: the flakiness disappears", "retries.attempts 5, retryOn 5xx");
+    let mut r = StepReport::new(
+        "With retries: the flakiness disappears",
+        "retries.attempts 5, retryOn 5xx",
+    );
     progress("applying retries");
-    apply(mesh, "40-reviews-virtual-service.yaml", &reviews_vs(with_retry), || {
-        mesh.load(CLIENT, REVIEWS_URL, 40, 4, &[])
-            .map(|s| count(&s, "by_status", "200") == 40)
-            .unwrap_or(false)
-    })?;
+    apply(
+        mesh,
+        "40-reviews-virtual-service.yaml",
+        &reviews_vs(with_retry),
+        || {
+            mesh.load(CLIENT, REVIEWS_URL, 40, 4, &[])
+                .map(|s| count(&s, "by_status", "200") == 40)
+                .unwrap_or(false)
+        },
+    )?;
     let s = mesh.load(CLIENT, REVIEWS_URL, 400, 8, &[])?;
     let ok = count(&s, "by_status", "200");
     // 0.5^6 per request: about 1 in 64 fails even after 5 retries.
@@ -303,25 +382,46 @@ pub fn outlier(mesh: &Mesh, progress: Progress) -> Result<StepReport> {
         "DestinationRule reviews: consecutive5xxErrors 3, interval 1s, baseEjectionTime 30s; reviews-v1 returns 500",
     );
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\n  namespace: default\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection:\n      consecutive5xxErrors: 3\n      interval: 1s\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n  - name: v3\n    labels:\n      version: v3\n";
-    let all = "  - route:\n    - destination:\n        host: reviews\n    retries:\n      attempts: 0\n";
+    let all =
+        "  - route:\n    - destination:\n        host: reviews\n    retries:\n      attempts: 0\n";
     progress("applying outlier detection and routing across all reviews pods");
     mesh.write_config("30-reviews-destination-rule.yaml", dr)?;
-    apply(mesh, "40-reviews-virtual-service.yaml", &reviews_vs(all), || {
-        mesh.load(CLIENT, REVIEWS_URL, 30, 3, &[])
-            .map(|s| count(&s, "by_version", "v3") > 0 && count(&s, "by_version", "v2") > 0)
-            .unwrap_or(false)
-    })?;
+    apply(
+        mesh,
+        "40-reviews-virtual-service.yaml",
+        &reviews_vs(all),
+        || {
+            mesh.load(CLIENT, REVIEWS_URL, 30, 3, &[])
+                .map(|s| count(&s, "by_version", "v3") > 0 && count(&s, "by_version", "v2") > 0)
+                .unwrap_or(false)
+        },
+    )?;
     let v1 = mesh.pod_ip("reviews-v1");
     progress("breaking reviews-v1 (every request → 500)");
-    mesh.curl(CLIENT, &format!("http://{v1}:9080/admin/fail?rate=1&code=500"), &[])?;
+    mesh.curl(
+        CLIENT,
+        &format!("http://{v1}:9080/admin/fail?rate=1&code=500"),
+        &[],
+    )?;
     let before = mesh.load(CLIENT, REVIEWS_URL, 60, 1, &[])?;
     let err_before = count(&before, "by_status", "500");
     std::thread::sleep(Duration::from_millis(1500));
     let after = mesh.load(CLIENT, REVIEWS_URL, 300, 4, &[])?;
     let err_after = count(&after, "by_status", "500");
-    r.check("500s while v1 is being detected", err_before, "≥ 3", err_before >= 3);
-    r.check("500s after ejection (300 requests)", err_after, 0, err_after == 0);
-    r.notes.push(format!("after ejection: {}", statuses(&after)));
+    r.check(
+        "500s while v1 is being detected",
+        err_before,
+        "≥ 3",
+        err_before >= 3,
+    );
+    r.check(
+        "500s after ejection (300 requests)",
+        err_after,
+        0,
+        err_after == 0,
+    );
+    r.notes
+        .push(format!("after ejection: {}", statuses(&after)));
     mesh.curl(CLIENT, &format!("http://{v1}:9080/admin/fail?rate=0"), &[])?;
     Ok(r)
 }
@@ -330,10 +430,15 @@ pub fn outlier(mesh: &Mesh, progress: Progress) -> Result<StepReport> {
 pub fn authorization(mesh: &Mesh, progress: Progress) -> Result<Vec<StepReport>> {
     let mut out = Vec::new();
     let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: details-deny-all\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n      app: details\n";
-    let mut r = StepReport::new("Authorization: deny-all on details", "AuthorizationPolicy details-deny-all: ALLOW with no rules");
+    let mut r = StepReport::new(
+        "Authorization: deny-all on details",
+        "AuthorizationPolicy details-deny-all: ALLOW with no rules",
+    );
     progress("applying deny-all");
     apply(mesh, "60-authz.yaml", deny, || {
-        mesh.curl(CLIENT, DETAILS_URL, &[]).map(|(c, _)| c != 200).unwrap_or(false)
+        mesh.curl(CLIENT, DETAILS_URL, &[])
+            .map(|(c, _)| c != 200)
+            .unwrap_or(false)
     })?;
     let (c1, _) = mesh.curl(CLIENT, DETAILS_URL, &[])?;
     let (c2, _) = mesh.curl(OTHER_CLIENT, DETAILS_URL, &[])?;
@@ -342,10 +447,15 @@ pub fn authorization(mesh: &Mesh, progress: Progress) -> Result<Vec<StepReport>>
     out.push(r);
 
     let allow = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: details-deny-all\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n      app: details\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/bookinfo-productpage\"]\n";
-    let mut r = StepReport::new("Authorization: allow by principal", "ALLOW from principal cluster.local/ns/default/sa/bookinfo-productpage");
+    let mut r = StepReport::new(
+        "Authorization: allow by principal",
+        "ALLOW from principal cluster.local/ns/default/sa/bookinfo-productpage",
+    );
     progress("allowing productpage's identity");
     apply(mesh, "60-authz.yaml", allow, || {
-        mesh.curl(CLIENT, DETAILS_URL, &[]).map(|(c, _)| c == 200).unwrap_or(false)
+        mesh.curl(CLIENT, DETAILS_URL, &[])
+            .map(|(c, _)| c == 200)
+            .unwrap_or(false)
     })?;
     let (c1, _) = mesh.curl(CLIENT, DETAILS_URL, &[])?;
     let (c2, _) = mesh.curl(OTHER_CLIENT, DETAILS_URL, &[])?;
@@ -359,7 +469,10 @@ pub fn authorization(mesh: &Mesh, progress: Progress) -> Result<Vec<StepReport>>
 /// Restores the demo's starting configuration (90/10 canary, plain subsets).
 pub fn reset(mesh: &Mesh) -> Result<()> {
     let src = crate::mesh::workspace_root().join("deploy/local");
-    for f in ["30-reviews-destination-rule.yaml", "40-reviews-virtual-service.yaml"] {
+    for f in [
+        "30-reviews-destination-rule.yaml",
+        "40-reviews-virtual-service.yaml",
+    ] {
         mesh.write_config(f, &std::fs::read_to_string(src.join(f))?)?;
     }
     mesh.remove_config("60-authz.yaml")

@@ -77,7 +77,10 @@ impl Topology {
             for m in &topo.nodes {
                 if n.index != m.index {
                     let cidr = format!("10.1.{}.0/24", m.index);
-                    ip(&n.ns.name, &["route", "add", &cidr, "via", &m.ip.to_string()])?;
+                    ip(
+                        &n.ns.name,
+                        &["route", "add", &cidr, "via", &m.ip.to_string()],
+                    )?;
                 }
             }
         }
@@ -92,16 +95,35 @@ impl Topology {
         ip(
             "",
             &[
-                "link", "add", "up0", "netns", &ns.name, "type", "veth", "peer", "name", &peer,
-                "netns", &self.fabric.name,
+                "link",
+                "add",
+                "up0",
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                &self.fabric.name,
             ],
         )
         .context("creating node uplink")?;
-        ip(&self.fabric.name, &["link", "set", &peer, "master", "br0", "up"])?;
-        ip(&ns.name, &["addr", "add", &format!("{node_ip}/24"), "dev", "up0"])?;
+        ip(
+            &self.fabric.name,
+            &["link", "set", &peer, "master", "br0", "up"],
+        )?;
+        ip(
+            &ns.name,
+            &["addr", "add", &format!("{node_ip}/24"), "dev", "up0"],
+        )?;
         ip(&ns.name, &["link", "set", "up0", "up"])?;
         ip(&ns.name, &["link", "add", "br0", "type", "bridge"])?;
-        ip(&ns.name, &["addr", "add", &format!("10.1.{i}.1/24"), "dev", "br0"])?;
+        ip(
+            &ns.name,
+            &["addr", "add", &format!("10.1.{i}.1/24"), "dev", "br0"],
+        )?;
         ip(&ns.name, &["link", "set", "br0", "up"])?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
         self.nodes.push(Node {
@@ -156,9 +178,15 @@ impl Topology {
         )
         .with_context(|| format!("creating veth for pod {name}"))?;
         ip(&node_ns, &["link", "set", &peer, "master", "br0", "up"])?;
-        ip(&ns.name, &["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"])?;
+        ip(
+            &ns.name,
+            &["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"],
+        )?;
         ip(&ns.name, &["link", "set", "eth0", "up"])?;
-        ip(&ns.name, &["route", "add", "default", "via", &format!("10.1.{idx}.1")])?;
+        ip(
+            &ns.name,
+            &["route", "add", "default", "via", &format!("10.1.{idx}.1")],
+        )?;
         let cgroup = Cgroup::create(&format!("{}/{name}", self.cgroup_parent))?;
         self.pods.push(PodNet {
             name: name.to_string(),

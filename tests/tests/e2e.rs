@@ -26,7 +26,11 @@ fn assert_steps(steps: &[StepReport]) {
             }
         }
     }
-    assert!(failures.is_empty(), "steps failed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "steps failed:\n{}",
+        failures.join("\n")
+    );
 }
 
 fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
@@ -53,19 +57,31 @@ fn waypoint_handoff_and_bypass_refused() {
     let (code, body) = mesh.curl(CLIENT, REVIEWS_URL, &[]).unwrap();
     assert_eq!(code, 200, "reviews via waypoint: {body}");
     let wp = mesh.pod_metrics("reviews-waypoint-0").unwrap();
-    let served = metric_sum(&wp, "istio_requests_total", &["destination_service_name=\"reviews\""]);
+    let served = metric_sum(
+        &wp,
+        "istio_requests_total",
+        &["destination_service_name=\"reviews\""],
+    );
     assert!(served >= 1.0, "waypoint did not serve the request:\n{wp}");
 
     // Straight to a reviews pod's IP from an enrolled pod: the destination ztunnel accepts
     // reviews traffic only from the waypoint's identity.
     let v1 = mesh.pod_ip("reviews-v1");
-    let (code, _) = mesh.curl(CLIENT, &format!("http://{v1}:9080/reviews"), &[]).unwrap();
+    let (code, _) = mesh
+        .curl(CLIENT, &format!("http://{v1}:9080/reviews"), &[])
+        .unwrap();
     assert_ne!(code, 200, "direct pod traffic bypassed the waypoint");
 
     // Plaintext from outside the mesh (a node namespace is not enrolled): STRICT refuses.
     let node1 = &mesh.topo.node("node1").ns;
     let out = node1
-        .exec(&["sh", "-c", &format!("curl -s --max-time 3 -o /dev/null -w '%{{http_code}}' http://{v1}:9080/ || true")])
+        .exec(&[
+            "sh",
+            "-c",
+            &format!(
+                "curl -s --max-time 3 -o /dev/null -w '%{{http_code}}' http://{v1}:9080/ || true"
+            ),
+        ])
         .unwrap();
     assert_ne!(out.trim(), "200", "plaintext reached a STRICT pod");
 }
@@ -77,7 +93,9 @@ fn enrolled_pod_traffic_is_captured_and_counted() {
     let mesh = demo_mesh();
     let details = mesh.pod_ip("details-v1");
     let (c1, _) = mesh.curl(CLIENT, DETAILS_URL, &[]).unwrap();
-    let (c2, _) = mesh.curl(CLIENT, &format!("http://{details}:9080/"), &[]).unwrap();
+    let (c2, _) = mesh
+        .curl(CLIENT, &format!("http://{details}:9080/"), &[])
+        .unwrap();
     assert_eq!((c1, c2), (200, 200));
     std::thread::sleep(Duration::from_millis(300));
     let m = mesh.ztunnel_metrics("node2").unwrap();
@@ -90,7 +108,10 @@ fn enrolled_pod_traffic_is_captured_and_counted() {
             "source_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\"",
         ],
     );
-    assert!(opened >= 2.0, "expected ≥2 mTLS connections counted at details' ztunnel:\n{m}");
+    assert!(
+        opened >= 2.0,
+        "expected ≥2 mTLS connections counted at details' ztunnel:\n{m}"
+    );
 }
 
 /// SIGKILL a ztunnel and start it again: traffic resumes and nothing is attached twice.
@@ -104,21 +125,37 @@ fn ztunnel_restart_reenrols_without_duplicates() {
         mesh_tests::netns::run("bpftool", &["cgroup", "show", &cg.display().to_string()])
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .filter(|l| {
+                l.trim_start()
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit())
+            })
             .count()
     };
     let before = attached();
-    assert!(before > 0, "no programs attached to the client pod's cgroup");
+    assert!(
+        before > 0,
+        "no programs attached to the client pod's cgroup"
+    );
     mesh.ztunnels.get_mut("node1").unwrap().kill9();
     mesh.start_ztunnel("node1").unwrap();
     let mut ok = false;
     for _ in 0..50 {
-        if mesh.curl(CLIENT, DETAILS_URL, &[]).map(|(c, _)| c == 200).unwrap_or(false) {
+        if mesh
+            .curl(CLIENT, DETAILS_URL, &[])
+            .map(|(c, _)| c == 200)
+            .unwrap_or(false)
+        {
             ok = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(ok, "traffic did not resume after the restart");
-    assert_eq!(attached(), before, "programs attached twice after a restart");
+    assert_eq!(
+        attached(),
+        before,
+        "programs attached twice after a restart"
+    );
 }

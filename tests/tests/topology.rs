@@ -16,20 +16,34 @@ fn pods_on_two_nodes_talk_and_nothing_is_left_behind() {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let _srv = Proc::spawn("srv", Some(&b.ns.name), Some(&b.cgroup.path), &argv, &[], logs.path())
-            .unwrap();
+        let _srv = Proc::spawn(
+            "srv",
+            Some(&b.ns.name),
+            Some(&b.cgroup.path),
+            &argv,
+            &[],
+            logs.path(),
+        )
+        .unwrap();
         let url = format!("http://{}:8000/", b.ip);
         let a = t.pod("a");
         let mut ok = false;
         for _ in 0..100 {
-            if a.ns.exec(&["curl", "-sf", "-o", "/dev/null", "--max-time", "1", &url]).is_ok() {
+            if a.ns
+                .exec(&["curl", "-sf", "-o", "/dev/null", "--max-time", "1", &url])
+                .is_ok()
+            {
                 ok = true;
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         assert!(ok, "pod a could not reach pod b at {url}");
-        assert_eq!(b.cgroup.procs().len(), 1, "server runs inside pod b's cgroup");
+        assert_eq!(
+            b.cgroup.procs().len(),
+            1,
+            "server runs inside pod b's cgroup"
+        );
         let names: Vec<String> = t
             .pods
             .iter()

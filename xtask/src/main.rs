@@ -74,7 +74,12 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             let bins = build_all(&root)?;
-            cargo(&["test", "--workspace", "--exclude", "mesh-tests"], &[], &args, &bins)?;
+            cargo(
+                &["test", "--workspace", "--exclude", "mesh-tests"],
+                &[],
+                &args,
+                &bins,
+            )?;
             e2e(&bins, &args)?;
         }
         Task::E2e { args } => {
@@ -119,7 +124,15 @@ fn build_all(root: &Path) -> Result<PathBuf> {
     println!("eBPF object: {}", obj.display());
     let status = Command::new(env!("CARGO"))
         .args([
-            "build", "--release", "-p", "ztunnel", "-p", "waypoint", "-p", "mesh-tests", "--bins",
+            "build",
+            "--release",
+            "-p",
+            "ztunnel",
+            "-p",
+            "waypoint",
+            "-p",
+            "mesh-tests",
+            "--bins",
         ])
         .status()?;
     if !status.success() {
@@ -142,7 +155,9 @@ fn harness_env(bins: &Path) -> Vec<(String, String)> {
 
 fn cargo(args: &[&str], env: &[(String, String)], extra: &[String], bins: &Path) -> Result<()> {
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(args).envs(harness_env(bins)).envs(env.iter().cloned());
+    cmd.args(args)
+        .envs(harness_env(bins))
+        .envs(env.iter().cloned());
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }

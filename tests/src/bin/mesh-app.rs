@@ -128,7 +128,10 @@ async fn main() {
 
 async fn serve(listen: SocketAddr, state: Arc<AppState>) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
-    eprintln!("mesh-app {} {} listening on {listen}", state.service, state.version);
+    eprintln!(
+        "mesh-app {} {} listening on {listen}",
+        state.service, state.version
+    );
     loop {
         let (stream, peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -168,7 +171,10 @@ async fn handle(
             .fail_ppm
             .store((rate.clamp(0.0, 1.0) * 1e6) as u32, Ordering::Relaxed);
         state.fail_code.store(code, Ordering::Relaxed);
-        return Ok(text(StatusCode::OK, format!("fail rate {rate} code {code}\n")));
+        return Ok(text(
+            StatusCode::OK,
+            format!("fail rate {rate} code {code}\n"),
+        ));
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let status = code
@@ -289,8 +295,7 @@ async fn load(spec: LoadSpec) -> serde_json::Value {
                 }
                 let t0 = Instant::now();
                 let result =
-                    tokio::time::timeout(spec.timeout, one_request(&spec, &uri, &mut sender))
-                        .await;
+                    tokio::time::timeout(spec.timeout, one_request(&spec, &uri, &mut sender)).await;
                 let key = match result {
                     Ok(Ok((status, version))) => {
                         if let Some(v) = version {
@@ -379,7 +384,10 @@ async fn one_request(
     let req = builder
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
-    let resp = s.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let resp = s
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
     let version = resp
         .headers()

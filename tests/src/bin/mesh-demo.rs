@@ -32,7 +32,10 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     install_sigint(stop.clone());
     let t0 = Instant::now();
-    println!("{}", "mesh demo — sidecar-less service mesh, eBPF capture, HBONE mTLS".bold());
+    println!(
+        "{}",
+        "mesh demo — sidecar-less service mesh, eBPF capture, HBONE mTLS".bold()
+    );
     let mut progress = |msg: &str| {
         print!("\r\x1b[2K  {} {}", "…".cyan(), msg.dimmed());
         let _ = std::io::stdout().flush();
@@ -71,9 +74,17 @@ fn main() {
     }
     println!();
     if failed == 0 {
-        println!("{} every step matched its configuration ({:.0}s)", "✔".green().bold(), t0.elapsed().as_secs_f64());
+        println!(
+            "{} every step matched its configuration ({:.0}s)",
+            "✔".green().bold(),
+            t0.elapsed().as_secs_f64()
+        );
     } else {
-        println!("{} {failed} step(s) did not match; logs in {}", "✘".red().bold(), mesh.log_dir.display());
+        println!(
+            "{} {failed} step(s) did not match; logs in {}",
+            "✘".red().bold(),
+            mesh.log_dir.display()
+        );
     }
     if args.keep {
         KEEPING.store(true, Ordering::Relaxed);
@@ -88,12 +99,25 @@ fn main() {
 }
 
 fn print_step(n: usize, s: &StepReport) {
-    let mark = if s.ok() { "✔".green().to_string() } else { "✘".red().to_string() };
+    let mark = if s.ok() {
+        "✔".green().to_string()
+    } else {
+        "✘".red().to_string()
+    };
     println!("\n{mark} {} {}", format!("{n:>2}.").bold(), s.title.bold());
     println!("     {} {}", "config:".dimmed(), s.config);
     for c in &s.checks {
-        let m = if c.ok { c.measured.green().to_string() } else { c.measured.red().to_string() };
-        println!("     {:<44} {m:>14}  {} {}", c.what, "expected".dimmed(), c.expected);
+        let m = if c.ok {
+            c.measured.green().to_string()
+        } else {
+            c.measured.red().to_string()
+        };
+        println!(
+            "     {:<44} {m:>14}  {} {}",
+            c.what,
+            "expected".dimmed(),
+            c.expected
+        );
     }
     for note in &s.notes {
         println!("     {}", note.dimmed());
@@ -102,19 +126,43 @@ fn print_step(n: usize, s: &StepReport) {
 
 fn print_explore(mesh: &mesh_tests::mesh::Mesh) {
     let pp = &mesh.topo.pod(scenarios::CLIENT).ns.name;
-    let cg = mesh.topo.pod(scenarios::CLIENT).cgroup.path.display().to_string();
-    println!("\n{}", "The mesh keeps running. Try (Ctrl-C here tears it down):".bold());
-    println!("  sh -c 'echo $$ > {cg}/cgroup.procs; exec ip netns exec {pp} curl -s {}'", scenarios::REVIEWS_URL);
-    println!("  ip netns exec {} curl -s 127.0.0.1:15020/metrics | grep istio_tcp", mesh.topo.node("node2").ns.name);
-    println!("  ip netns exec {} curl -s 127.0.0.1:15000/config_dump", mesh.topo.node("node1").ns.name);
-    println!("  config: {} (edit files; the mesh reloads them)", mesh.config_dir.display());
+    let cg = mesh
+        .topo
+        .pod(scenarios::CLIENT)
+        .cgroup
+        .path
+        .display()
+        .to_string();
+    println!(
+        "\n{}",
+        "The mesh keeps running. Try (Ctrl-C here tears it down):".bold()
+    );
+    println!(
+        "  sh -c 'echo $$ > {cg}/cgroup.procs; exec ip netns exec {pp} curl -s {}'",
+        scenarios::REVIEWS_URL
+    );
+    println!(
+        "  ip netns exec {} curl -s 127.0.0.1:15020/metrics | grep istio_tcp",
+        mesh.topo.node("node2").ns.name
+    );
+    println!(
+        "  ip netns exec {} curl -s 127.0.0.1:15000/config_dump",
+        mesh.topo.node("node1").ns.name
+    );
+    println!(
+        "  config: {} (edit files; the mesh reloads them)",
+        mesh.config_dir.display()
+    );
     println!("  logs:   {}", mesh.log_dir.display());
 }
 
 fn install_sigint(flag: Arc<AtomicBool>) {
     // A tiny runtime just to wait for Ctrl-C without pulling in another signal crate.
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async {
             let _ = tokio::signal::ctrl_c().await;
         });
