@@ -106,7 +106,11 @@ impl Config {
 
     /// The mesh's own ports, refused as tunnel targets.
     pub fn mesh_ports(&self) -> [u16; 3] {
-        [self.outbound_port, self.inbound_plaintext_port, self.hbone_port]
+        [
+            self.outbound_port,
+            self.inbound_plaintext_port,
+            self.hbone_port,
+        ]
     }
 
     /// Checks invariants.

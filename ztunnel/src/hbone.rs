@@ -138,7 +138,10 @@ mod tests {
     fn headers() {
         let f = forwarded_header("10.0.0.1:3333".parse().unwrap(), Some("a.b.svc"));
         assert_eq!(f, "for=\"10.0.0.1:3333\";host=a.b.svc");
-        assert_eq!(parse_forwarded_for(&f), Some("10.0.0.1:3333".parse().unwrap()));
+        assert_eq!(
+            parse_forwarded_for(&f),
+            Some("10.0.0.1:3333".parse().unwrap())
+        );
         let b = Baggage {
             cluster: "Kubernetes".into(),
             namespace: "ns".into(),

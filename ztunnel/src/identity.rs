@@ -33,8 +33,8 @@ pub use common::Identity;
 /// Reads the URI SANs of a DER certificate and returns the first one that parses as a SPIFFE
 /// identity. Returns `None` for unparsable certificates or certificates without one.
 pub fn identity_from_cert(der: &[u8]) -> Option<Identity> {
-    use x509_parser::extensions::GeneralName;
     use std::str::FromStr;
+    use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
     san.value.general_names.iter().find_map(|n| match n {
@@ -42,4 +42,3 @@ pub fn identity_from_cert(der: &[u8]) -> Option<Identity> {
         _ => None,
     })
 }
-

@@ -49,7 +49,12 @@ impl PodNetns {
         let (ready_tx, ready_rx) = mpsc::channel();
         let p = path.display().to_string();
         std::thread::Builder::new()
-            .name(format!("netns-{}", path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()))
+            .name(format!(
+                "netns-{}",
+                path.file_name()
+                    .map(|f| f.to_string_lossy())
+                    .unwrap_or_default()
+            ))
             .spawn(move || {
                 let r = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET);
                 let ok = r.is_ok();

@@ -3,12 +3,16 @@
 //! Reusable on their own: [`identity`] (SPIFFE names, CA, certificate manager), [`tls`] (mesh
 //! rustls configs) and [`hbone`] (HTTP/2 CONNECT client and server).
 
+pub mod admin;
+pub mod app;
+pub mod capture;
+pub mod config;
 pub mod hbone;
 pub mod identity;
-pub mod tls;
-pub mod state;
+pub mod inpod;
 pub mod metrics;
 pub mod proxy;
 pub mod redirect;
-pub mod config;
-pub mod inpod;
+pub mod source;
+pub mod state;
+pub mod tls;

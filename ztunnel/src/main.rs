@@ -1,1 +1,184 @@
-fn main() {}
+//! ztunnel binary: CLI, logging, signals, config reload. Everything else is in the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing_subscriber::{reload, EnvFilter};
+use ztunnel::app::{CaptureHook, StartOptions, Ztunnel};
+use ztunnel::config::{self, CaptureMode, Config};
+use ztunnel::proxy::{OrigDstSource, OrigDstTable};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Capture {
+    Ebpf,
+    None,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "ztunnel", about = "Per-node L4 proxy of the mesh")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Directory of Kubernetes/Istio YAML (hot reloaded).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's name (pods with this `spec.nodeName` are served).
+    #[arg(long)]
+    node: Option<String>,
+    /// Traffic capture: eBPF, or none (listeners bind pod IPs directly).
+    #[arg(long, value_enum, default_value = "ebpf")]
+    capture: Capture,
+    /// CA directory (Istio plugged-in CA file names; generated when empty).
+    #[arg(long, env = config::ENV_CA_DIR, default_value = config::DEFAULT_CA_DIR)]
+    ca_dir: PathBuf,
+    #[arg(long, default_value = common::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Workload certificate lifetime in seconds (renewed at half).
+    #[arg(long, env = config::ENV_CERT_LIFETIME, default_value_t = 86400)]
+    cert_lifetime_secs: u64,
+    #[arg(long, env = config::ENV_ADMIN_PORT, default_value_t = config::DEFAULT_ADMIN_PORT)]
+    admin_port: u16,
+    #[arg(long, env = config::ENV_METRICS_PORT, default_value_t = config::DEFAULT_METRICS_PORT)]
+    metrics_port: u16,
+    #[arg(long, env = config::ENV_READINESS_PORT, default_value_t = config::DEFAULT_READINESS_PORT)]
+    readiness_port: u16,
+    #[arg(long, env = config::ENV_OUTBOUND_PORT, default_value_t = config::DEFAULT_OUTBOUND_PORT)]
+    outbound_port: u16,
+    #[arg(long, env = config::ENV_INBOUND_PLAINTEXT_PORT, default_value_t = config::DEFAULT_INBOUND_PLAINTEXT_PORT)]
+    inbound_plaintext_port: u16,
+    #[arg(long, env = config::ENV_HBONE_PORT, default_value_t = config::DEFAULT_HBONE_PORT)]
+    hbone_port: u16,
+    /// eBPF object (defaults to the one `cargo xtask build-ebpf` writes).
+    #[arg(long, env = config::ENV_EBPF_OBJECT)]
+    ebpf_object: Option<PathBuf>,
+    /// Drain deadline on SIGTERM, in seconds.
+    #[arg(long, default_value_t = 5)]
+    drain_secs: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Load a config directory and report problems without starting anything.
+    Analyze { dir: PathBuf },
+}
+
+fn init_logging() -> ztunnel::admin::LogControl {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (layer, handle) = reload::Layer::new(filter);
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(tracing_subscriber::fmt::layer().with_target(true))
+        .init();
+    Arc::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())?;
+        Ok(level.to_string())
+    })
+}
+
+fn analyze(dir: &PathBuf) -> anyhow::Result<()> {
+    let resources = ztunnel::source::load_dir(dir)?;
+    let st = ztunnel::state::ProxyState::build(&resources, "cluster.local", "Kubernetes");
+    println!(
+        "{}: {} resources, {} workloads, {} service VIPs, {} authorization policies, {} peer authentications",
+        dir.display(),
+        resources.len(),
+        st.workloads.len(),
+        st.services.len(),
+        st.authorizations.len(),
+        st.peer_auths.len()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let log = init_logging();
+    if let Some(Cmd::Analyze { dir }) = &cli.cmd {
+        return analyze(dir);
+    }
+    let node = cli.node.clone().context("--node is required")?;
+    let dir = cli.config.clone().context("--config is required")?;
+    let mut cfg = Config::new(&node);
+    cfg.config_dir = Some(dir.clone());
+    cfg.ca_dir = Some(cli.ca_dir.clone());
+    cfg.trust_domain = cli.trust_domain.clone();
+    cfg.cert_lifetime = Duration::from_secs(cli.cert_lifetime_secs);
+    let any: std::net::IpAddr = std::net::Ipv4Addr::UNSPECIFIED.into();
+    cfg.admin_addr = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), cli.admin_port);
+    cfg.metrics_addr = SocketAddr::new(any, cli.metrics_port);
+    cfg.readiness_addr = SocketAddr::new(any, cli.readiness_port);
+    cfg.outbound_port = cli.outbound_port;
+    cfg.inbound_plaintext_port = cli.inbound_plaintext_port;
+    cfg.hbone_port = cli.hbone_port;
+    cfg.drain_timeout = Duration::from_secs(cli.drain_secs);
+    cfg.ebpf_object = cli.ebpf_object.clone();
+
+    let (orig_dst, capture): (Arc<dyn OrigDstSource>, Option<Arc<dyn CaptureHook>>) =
+        match cli.capture {
+            Capture::None => {
+                cfg.capture = CaptureMode::None;
+                (Arc::new(OrigDstTable::default()), None)
+            }
+            Capture::Ebpf => {
+                cfg.capture = CaptureMode::Ebpf;
+                let obj = cfg
+                    .ebpf_object
+                    .clone()
+                    .unwrap_or_else(ztunnel::redirect::object_path);
+                let c = ztunnel::redirect::Capture::load(&obj)
+                    .with_context(|| format!("loading eBPF capture from {}", obj.display()))?;
+                let c = Arc::new(ztunnel::capture::EbpfCapture(Arc::new(c)));
+                (c.clone(), Some(c))
+            }
+        };
+    let resources = ztunnel::source::load_dir(&dir)
+        .with_context(|| format!("loading config from {}", dir.display()))?;
+    let zt = Ztunnel::start(
+        cfg,
+        StartOptions {
+            resources,
+            orig_dst,
+            ca: None,
+            log_control: Some(log),
+            capture,
+        },
+    )
+    .await?;
+
+    // Hot reload: poll the directory; a bad config is logged and the last good one keeps serving.
+    let reload_zt = zt.clone();
+    tokio::spawn(async move {
+        let mut last = ztunnel::source::fingerprint(&dir);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = ztunnel::source::fingerprint(&dir);
+            if now == last {
+                continue;
+            }
+            last = now;
+            match ztunnel::source::load_dir(&dir) {
+                Ok(r) => {
+                    tracing::info!(resources = r.len(), "config reloaded");
+                    reload_zt.update(&r);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload failed; keeping the last good config")
+                }
+            }
+        }
+    });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+    zt.shutdown().await;
+    Ok(())
+}

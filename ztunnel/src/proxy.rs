@@ -49,8 +49,15 @@ pub enum ProxyError {
 
 /// Source of original destinations: the eBPF map in production, a table in tests.
 pub trait OrigDstSource: Send + Sync + std::fmt::Debug {
-    /// Original destination of a connection accepted on `pod`'s outbound listener.
-    fn outbound(&self, pod: IpAddr, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr>;
+    /// Original destination of a connection accepted on `pod`'s outbound listener
+    /// (`sock` is the accepted socket).
+    fn outbound(
+        &self,
+        pod: IpAddr,
+        sock: BorrowedFd<'_>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<SocketAddr>;
     /// Original destination of a connection accepted on `pod`'s plaintext inbound listener.
     /// With sk_lookup steering the socket keeps the original destination as its local address.
     fn inbound(&self, _pod: IpAddr, _peer: SocketAddr, local: SocketAddr) -> SocketAddr {
@@ -77,9 +84,17 @@ impl OrigDstTable {
 }
 
 impl OrigDstSource for OrigDstTable {
-    fn outbound(&self, pod: IpAddr, peer: SocketAddr, _local: SocketAddr) -> Option<SocketAddr> {
+    fn outbound(
+        &self,
+        pod: IpAddr,
+        _sock: BorrowedFd<'_>,
+        peer: SocketAddr,
+        _local: SocketAddr,
+    ) -> Option<SocketAddr> {
         let t = self.outbound.read();
-        t.get(&(pod, Some(peer))).or_else(|| t.get(&(pod, None))).copied()
+        t.get(&(pod, Some(peer)))
+            .or_else(|| t.get(&(pod, None)))
+            .copied()
     }
     fn inbound(&self, pod: IpAddr, _peer: SocketAddr, local: SocketAddr) -> SocketAddr {
         match self.inbound_port.read().get(&pod) {
@@ -192,7 +207,12 @@ impl PodProxy {
         )?;
         let tasks = vec![
             tokio::spawn(outbound::run(inputs.clone(), ctx.clone(), outbound.clone())),
-            tokio::spawn(inbound::run(inputs.clone(), ctx.clone(), hbone.clone(), tls)),
+            tokio::spawn(inbound::run(
+                inputs.clone(),
+                ctx.clone(),
+                hbone.clone(),
+                tls,
+            )),
             tokio::spawn(inbound_passthrough::run(
                 inputs.clone(),
                 ctx.clone(),
@@ -231,8 +251,11 @@ impl Drop for PodProxy {
 }
 
 /// Accept loop shared by the listeners: stops on drain; transient accept errors back off.
-pub(crate) async fn accept_loop<F>(listener: Arc<TcpListener>, drain: CancellationToken, mut on_conn: F)
-where
+pub(crate) async fn accept_loop<F>(
+    listener: Arc<TcpListener>,
+    drain: CancellationToken,
+    mut on_conn: F,
+) where
     F: FnMut(tokio::net::TcpStream, SocketAddr),
 {
     loop {
@@ -266,13 +289,17 @@ pub(crate) fn tcp_labels(
     TcpLabels {
         reporter: reporter.into(),
         source_workload: src.map(|w| w.name.clone()).unwrap_or_else(unknown),
-        source_canonical_service: src.map(|w| w.canonical_name.clone()).unwrap_or_else(unknown),
+        source_canonical_service: src
+            .map(|w| w.canonical_name.clone())
+            .unwrap_or_else(unknown),
         source_canonical_revision: src
             .map(|w| w.canonical_revision.clone())
             .unwrap_or_else(unknown),
         source_workload_namespace: src.map(|w| w.namespace.clone()).unwrap_or_else(unknown),
         source_principal: src_principal.unwrap_or_else(unknown),
-        source_app: src.map(|w| w.canonical_name.clone()).unwrap_or_else(unknown),
+        source_app: src
+            .map(|w| w.canonical_name.clone())
+            .unwrap_or_else(unknown),
         source_version: src
             .map(|w| w.canonical_revision.clone())
             .unwrap_or_else(unknown),
@@ -288,10 +315,10 @@ pub(crate) fn tcp_labels(
             .map(|w| w.canonical_revision.clone())
             .unwrap_or_else(unknown),
         destination_workload_namespace: dst.map(|w| w.namespace.clone()).unwrap_or_else(unknown),
-        destination_principal: dst
-            .map(|w| w.identity.to_string())
+        destination_principal: dst.map(|w| w.identity.to_string()).unwrap_or_else(unknown),
+        destination_app: dst
+            .map(|w| w.canonical_name.clone())
             .unwrap_or_else(unknown),
-        destination_app: dst.map(|w| w.canonical_name.clone()).unwrap_or_else(unknown),
         destination_version: dst
             .map(|w| w.canonical_revision.clone())
             .unwrap_or_else(unknown),

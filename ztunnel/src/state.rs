@@ -37,6 +37,15 @@ pub struct Workload {
     pub canonical_revision: String,
     /// Named container ports, to resolve named Service target ports.
     pub named_ports: BTreeMap<String, u16>,
+    /// Outbound destination ports left uncaptured (`traffic.sidecar.istio.io/excludeOutboundPorts`).
+    pub excluded_outbound_ports: Vec<u16>,
+    /// Inbound ports left uncaptured (`traffic.sidecar.istio.io/excludeInboundPorts`).
+    pub excluded_inbound_ports: Vec<u16>,
+}
+
+fn port_list(v: Option<&String>) -> Vec<u16> {
+    v.map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 impl Workload {
@@ -131,7 +140,10 @@ fn pod_to_workload(pod: &Pod, ambient_ns: &HashMap<String, bool>, td: &str) -> O
             .get("app")
             .cloned()
             .unwrap_or_else(|| pod.metadata.name.clone()),
-        canonical_revision: labels.get("version").cloned().unwrap_or_else(|| "latest".into()),
+        canonical_revision: labels
+            .get("version")
+            .cloned()
+            .unwrap_or_else(|| "latest".into()),
         namespace: ns,
         ip,
         node: pod.spec.node_name.clone().unwrap_or_default(),
@@ -141,12 +153,19 @@ fn pod_to_workload(pod: &Pod, ambient_ns: &HashMap<String, bool>, td: &str) -> O
         netns: ann.get(common::k8s::NETNS_ANNOTATION).map(PathBuf::from),
         cgroup: ann.get(common::k8s::CGROUP_ANNOTATION).map(PathBuf::from),
         named_ports,
+        excluded_outbound_ports: port_list(ann.get(common::k8s::EXCLUDE_OUTBOUND_PORTS_ANNOTATION)),
+        excluded_inbound_ports: port_list(ann.get(common::k8s::EXCLUDE_INBOUND_PORTS_ANNOTATION)),
     })
 }
 
 fn service_from(svc: &K8sService, workloads: &HashMap<IpAddr, Arc<Workload>>) -> Service {
     let ns = svc.metadata.namespace_or_default();
-    let mut vips: Vec<IpAddr> = svc.spec.cluster_ips.iter().filter_map(|s| s.parse().ok()).collect();
+    let mut vips: Vec<IpAddr> = svc
+        .spec
+        .cluster_ips
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
     if let Some(ip) = svc.spec.cluster_ip.as_ref().and_then(|s| s.parse().ok()) {
         if !vips.contains(&ip) {
             vips.insert(0, ip);
@@ -195,7 +214,10 @@ impl ProxyState {
             .filter_map(|r| match r {
                 Resource::Namespace(n) => Some((
                     n.metadata.name.clone(),
-                    n.metadata.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str)
+                    n.metadata
+                        .labels
+                        .get(DATAPLANE_MODE_LABEL)
+                        .map(String::as_str)
                         == Some("ambient"),
                 )),
                 _ => None,
@@ -214,8 +236,11 @@ impl ProxyState {
                     }
                 }
                 Resource::AuthorizationPolicy(p) => {
-                    st.authorizations
-                        .extend(Authorization::compile(p.namespace(), p.name(), &p.spec));
+                    st.authorizations.extend(Authorization::compile(
+                        p.namespace(),
+                        p.name(),
+                        &p.spec,
+                    ));
                 }
                 Resource::PeerAuthentication(p) => {
                     st.peer_auths

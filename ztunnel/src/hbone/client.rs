@@ -1,7 +1,7 @@
 //! HBONE client: one HTTP/2 connection over mTLS, many `CONNECT` tunnels on it.
 
-use super::{HboneError, CONNECTION_WINDOW, MAX_FRAME_SIZE, PING_INTERVAL, PING_TIMEOUT};
 use super::STREAM_WINDOW;
+use super::{HboneError, CONNECTION_WINDOW, MAX_FRAME_SIZE, PING_INTERVAL, PING_TIMEOUT};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::Empty;

@@ -208,7 +208,13 @@ impl CaDir {
         let (cert_pem, key_pem) = Self::generate_root_pem(trust_domain)?;
         let p = Path::new("<memory>");
         let key = parse_key(p, &key_pem)?;
-        Self::from_parts(trust_domain, (p, &cert_pem), key, (p, &cert_pem), (p, &cert_pem))
+        Self::from_parts(
+            trust_domain,
+            (p, &cert_pem),
+            key,
+            (p, &cert_pem),
+            (p, &cert_pem),
+        )
     }
 
     /// PEM certificate and PKCS#8 key of a new self-signed ECDSA P-256 root.

@@ -130,14 +130,12 @@ where
     let mut ba_done = None;
     poll_fn(|cx| {
         if ab_done.is_none() {
-            if let Poll::Ready(r) = ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b), a_to_b)
-            {
+            if let Poll::Ready(r) = ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b), a_to_b) {
                 ab_done = Some(r?);
             }
         }
         if ba_done.is_none() {
-            if let Poll::Ready(r) = ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a), b_to_a)
-            {
+            if let Poll::Ready(r) = ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a), b_to_a) {
                 ba_done = Some(r?);
             }
         }

@@ -144,7 +144,11 @@ async fn handle_connect(
             tracing::warn!(%peer, %dst, src_identity = ?conn.src_identity, reason = %r, %status, "inbound CONNECT refused");
             inputs.metrics.refuse(
                 "hbone",
-                if status == StatusCode::UNAUTHORIZED { "policy" } else { "upstream" },
+                if status == StatusCode::UNAUTHORIZED {
+                    "policy"
+                } else {
+                    "upstream"
+                },
             );
             Admission::Reject(status)
         }
@@ -158,7 +162,9 @@ async fn handle_connect(
             Admission::Accept {
                 headers,
                 task: Box::new(move |t: Tunnel| {
-                    Box::pin(async move { relay(&inputs, t, upstream, labels, conn.src_ip, dst).await })
+                    Box::pin(
+                        async move { relay(&inputs, t, upstream, labels, conn.src_ip, dst).await },
+                    )
                 }),
             }
         }
@@ -204,9 +210,12 @@ pub(crate) async fn relay<A>(
     let security = labels.connection_security_policy.clone();
     let src_principal = labels.source_principal.clone();
     let m = inputs.metrics.connection(labels);
-    let r = super::copy::copy_bidirectional(&mut down, &mut up, Some(&m.received), Some(&m.sent))
-        .await;
-    let (rx, tx) = r.as_ref().map(|x| *x).unwrap_or((m.received.get(), m.sent.get()));
+    let r =
+        super::copy::copy_bidirectional(&mut down, &mut up, Some(&m.received), Some(&m.sent)).await;
+    let (rx, tx) = r
+        .as_ref()
+        .map(|x| *x)
+        .unwrap_or((m.received.get(), m.sent.get()));
     tracing::info!(
         target: "access",
         reporter, %src, %dst, src_identity = %src_principal, security,

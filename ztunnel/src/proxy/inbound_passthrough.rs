@@ -18,7 +18,9 @@ pub async fn run(inputs: ProxyInputs, ctx: Arc<PodCtx>, listener: Arc<TcpListene
     accept_loop(listener, drain, |tcp, peer| {
         let inputs2 = inputs.clone();
         let ctx = ctx.clone();
-        inputs.tracker.spawn(async move { handle(inputs2, ctx, tcp, peer).await });
+        inputs
+            .tracker
+            .spawn(async move { handle(inputs2, ctx, tcp, peer).await });
     })
     .await;
 }
@@ -32,7 +34,10 @@ async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, peer: Soc
         return;
     }
     let st = inputs.state.load();
-    let wl = st.workload(ctx.workload.ip).cloned().unwrap_or_else(|| ctx.workload.clone());
+    let wl = st
+        .workload(ctx.workload.ip)
+        .cloned()
+        .unwrap_or_else(|| ctx.workload.clone());
     let mode = mtls_mode(&st.peer_auths, wl.target(), dst.port());
     if mode == MtlsMode::Strict {
         tracing::warn!(%peer, %dst, pod = %wl.name, "plaintext connection refused: PeerAuthentication STRICT");

@@ -9,6 +9,7 @@ use crate::hbone::{forwarded_header, new_traceparent, H2Client, HboneError};
 use crate::state::Upstream;
 use http::{HeaderMap, HeaderValue};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,14 +20,19 @@ pub async fn run(inputs: ProxyInputs, ctx: Arc<PodCtx>, listener: Arc<TcpListene
     accept_loop(listener, drain, |tcp, peer| {
         let inputs2 = inputs.clone();
         let ctx = ctx.clone();
-        inputs.tracker.spawn(async move { handle(inputs2, ctx, tcp, peer).await });
+        inputs
+            .tracker
+            .spawn(async move { handle(inputs2, ctx, tcp, peer).await });
     })
     .await;
 }
 
 async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, peer: SocketAddr) {
     let Ok(local) = tcp.local_addr() else { return };
-    let Some(orig) = inputs.orig_dst.outbound(ctx.workload.ip, peer, local) else {
+    let Some(orig) = inputs
+        .orig_dst
+        .outbound(ctx.workload.ip, tcp.as_fd(), peer, local)
+    else {
         tracing::warn!(%peer, pod = %ctx.workload.name, "outbound connection without original destination");
         inputs.metrics.refuse("outbound", "no_original_destination");
         return;
@@ -43,8 +49,16 @@ async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, peer: Soc
             let local_dst = inputs.local_pods.read().get(&w.ip).cloned();
             match local_dst {
                 Some(dst_ctx) if w.node == inputs.cfg.node => {
-                    deliver_local(&inputs, &ctx, &dst_ctx, tcp, peer, up.addr, up.service.clone())
-                        .await
+                    deliver_local(
+                        &inputs,
+                        &ctx,
+                        &dst_ctx,
+                        tcp,
+                        peer,
+                        up.addr,
+                        up.service.clone(),
+                    )
+                    .await
                 }
                 _ => hbone(&inputs, &ctx, tcp, peer, up).await,
             }
@@ -53,7 +67,13 @@ async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, peer: Soc
     }
 }
 
-async fn hbone(inputs: &ProxyInputs, ctx: &Arc<PodCtx>, tcp: TcpStream, peer: SocketAddr, up: Upstream) {
+async fn hbone(
+    inputs: &ProxyInputs,
+    ctx: &Arc<PodCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    up: Upstream,
+) {
     let Some(w) = up.workload.clone() else { return };
     let hbone_addr = SocketAddr::new(w.ip, inputs.cfg.hbone_port);
     let key = PoolKey {
@@ -65,7 +85,10 @@ async fn hbone(inputs: &ProxyInputs, ctx: &Arc<PodCtx>, tcp: TcpStream, peer: So
     let fwd = forwarded_header(peer, up.service.as_ref().map(|s| s.hostname.as_str()));
     for (k, v) in [
         ("forwarded", fwd),
-        ("baggage", ctx.workload.baggage(&inputs.cfg.cluster).to_header()),
+        (
+            "baggage",
+            ctx.workload.baggage(&inputs.cfg.cluster).to_header(),
+        ),
         ("traceparent", new_traceparent()),
     ] {
         if let Ok(v) = HeaderValue::from_str(&v) {
@@ -120,8 +143,19 @@ async fn dial(
     H2Client::handshake(tls).await
 }
 
-async fn passthrough(inputs: &ProxyInputs, ctx: &PodCtx, tcp: TcpStream, peer: SocketAddr, up: Upstream) {
-    let upstream = match tokio::time::timeout(inputs.cfg.connect_timeout, ctx.sockets.connect(up.addr)).await {
+async fn passthrough(
+    inputs: &ProxyInputs,
+    ctx: &PodCtx,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    up: Upstream,
+) {
+    let upstream = match tokio::time::timeout(
+        inputs.cfg.connect_timeout,
+        ctx.sockets.connect(up.addr),
+    )
+    .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::warn!(%peer, dst = %up.addr, error = %e, "passthrough connect failed");
@@ -158,8 +192,8 @@ async fn relay_client<U>(
     let start = Instant::now();
     let security = labels.connection_security_policy.clone();
     let m = inputs.metrics.connection(labels);
-    let r = super::copy::copy_bidirectional(&mut down, &mut up, Some(&m.sent), Some(&m.received))
-        .await;
+    let r =
+        super::copy::copy_bidirectional(&mut down, &mut up, Some(&m.sent), Some(&m.received)).await;
     tracing::info!(
         target: "access",
         reporter = "source", src = %peer, %dst, security,

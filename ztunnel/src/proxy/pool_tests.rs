@@ -51,16 +51,25 @@ async fn burst_shares_dials_and_respects_stream_limit() {
         let pool = pool.clone();
         let dials = dials.clone();
         tasks.push(tokio::spawn(async move {
-            pool.connect(key(), || dial(dials), "10.0.0.1:80".parse().unwrap(), HeaderMap::new())
-                .await
-                .unwrap()
+            pool.connect(
+                key(),
+                || dial(dials),
+                "10.0.0.1:80".parse().unwrap(),
+                HeaderMap::new(),
+            )
+            .await
+            .unwrap()
         }));
     }
     let mut tunnels = vec![];
     for t in tasks {
         tunnels.push(t.await.unwrap());
     }
-    assert_eq!(dials.load(Ordering::SeqCst), 2, "150 streams need exactly 2 connections");
+    assert_eq!(
+        dials.load(Ordering::SeqCst),
+        2,
+        "150 streams need exactly 2 connections"
+    );
     assert_eq!(pool.connections(), 2);
     // Tunnels work.
     let t = &mut tunnels[149];
@@ -73,7 +82,12 @@ async fn burst_shares_dials_and_respects_stream_limit() {
     k2.src = Identity::new("td", "c", "c");
     let d2 = Arc::new(AtomicUsize::new(0));
     let _x = pool
-        .connect(k2, || dial(d2.clone()), "10.0.0.1:80".parse().unwrap(), HeaderMap::new())
+        .connect(
+            k2,
+            || dial(d2.clone()),
+            "10.0.0.1:80".parse().unwrap(),
+            HeaderMap::new(),
+        )
         .await
         .unwrap();
     assert_eq!(d2.load(Ordering::SeqCst), 1);

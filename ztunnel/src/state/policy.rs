@@ -138,7 +138,10 @@ impl Match {
             && any_or_empty(&self.ip_blocks, |n| n.contains(&c.src_ip))
             && !self.not_ip_blocks.iter().any(|n| n.contains(&c.src_ip))
             && any_or_empty(&self.remote_ip_blocks, |n| n.contains(&c.remote_ip))
-            && !self.not_remote_ip_blocks.iter().any(|n| n.contains(&c.remote_ip))
+            && !self
+                .not_remote_ip_blocks
+                .iter()
+                .any(|n| n.contains(&c.remote_ip))
             && any_or_empty(&self.dst_ips, |n| n.contains(&c.dst.ip()))
             && !self.not_dst_ips.iter().any(|n| n.contains(&c.dst.ip()))
             && any_or_empty(&self.ports, |p| *p == c.dst.port())
@@ -360,7 +363,9 @@ pub fn authorize(policies: &[Authorization], target: Target<'_>, c: &ConnInfo) -
     if let Some(p) = applicable().find(|p| p.action == Action::Deny && p.matches(c)) {
         return Decision::Deny(format!("denied by DENY policy {}/{}", p.namespace, p.name));
     }
-    let mut allows = applicable().filter(|p| p.action == Action::Allow).peekable();
+    let mut allows = applicable()
+        .filter(|p| p.action == Action::Allow)
+        .peekable();
     if allows.peek().is_none() {
         return Decision::Allow;
     }

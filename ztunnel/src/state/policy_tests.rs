@@ -57,17 +57,32 @@ fn fixture_authz_production_deny_all_then_allow_principal() {
     let pp = Some("spiffe://cluster.local/ns/production/sa/productpage");
     let evil = Some("spiffe://cluster.local/ns/production/sa/evil");
     let d = "10.0.0.2:9080";
-    assert_eq!(authorize(&p, t(&reviews), &conn(pp, "10.0.0.1", d)), Decision::Allow);
-    assert!(matches!(authorize(&p, t(&reviews), &conn(evil, "10.0.0.1", d)), Decision::Deny(_)));
-    assert!(matches!(authorize(&p, t(&reviews), &conn(None, "10.0.0.1", d)), Decision::Deny(_)));
+    assert_eq!(
+        authorize(&p, t(&reviews), &conn(pp, "10.0.0.1", d)),
+        Decision::Allow
+    );
+    assert!(matches!(
+        authorize(&p, t(&reviews), &conn(evil, "10.0.0.1", d)),
+        Decision::Deny(_)
+    ));
+    assert!(matches!(
+        authorize(&p, t(&reviews), &conn(None, "10.0.0.1", d)),
+        Decision::Deny(_)
+    ));
     // deny-all applies to the whole namespace: productpage cannot reach ratings.
-    assert!(matches!(authorize(&p, t(&other), &conn(pp, "10.0.0.1", d)), Decision::Deny(_)));
+    assert!(matches!(
+        authorize(&p, t(&other), &conn(pp, "10.0.0.1", d)),
+        Decision::Deny(_)
+    ));
     // Other namespaces are untouched.
     let t2 = Target {
         namespace: "staging",
         labels: &reviews,
     };
-    assert_eq!(authorize(&p, t2, &conn(evil, "10.0.0.1", d)), Decision::Allow);
+    assert_eq!(
+        authorize(&p, t2, &conn(evil, "10.0.0.1", d)),
+        Decision::Allow
+    );
 }
 
 #[test]
@@ -116,7 +131,10 @@ spec:
         authorize(&p, t, &conn(bad, "10.0.0.1", "10.0.0.2:80")),
         Decision::Deny("denied by DENY policy ns/deny-get".into())
     );
-    assert_eq!(authorize(&p, t, &conn(good, "10.0.0.1", "10.0.0.2:80")), Decision::Allow);
+    assert_eq!(
+        authorize(&p, t, &conn(good, "10.0.0.1", "10.0.0.2:80")),
+        Decision::Allow
+    );
 }
 
 #[test]
@@ -147,8 +165,18 @@ spec:
         (None, "10.2.0.9", "10.9.9.9:5432", false),
         (None, "192.168.0.7", "10.9.9.9:8080", true),
         (None, "192.168.0.7", "10.9.9.9:22", false),
-        (Some("spiffe://cluster.local/ns/ns/sa/a"), "192.168.0.7", "10.9.9.9:8080", false),
-        (Some("spiffe://cluster.local/ns/other/sa/a"), "192.168.0.7", "10.9.9.9:8080", true),
+        (
+            Some("spiffe://cluster.local/ns/ns/sa/a"),
+            "192.168.0.7",
+            "10.9.9.9:8080",
+            false,
+        ),
+        (
+            Some("spiffe://cluster.local/ns/other/sa/a"),
+            "192.168.0.7",
+            "10.9.9.9:8080",
+            true,
+        ),
     ];
     for (id, src, dst, allowed) in cases {
         let got = authorize(&p, t, &conn(id, src, dst)) == Decision::Allow;
@@ -158,7 +186,10 @@ spec:
         namespace: "ns",
         labels: &web,
     };
-    assert_eq!(authorize(&p, t2, &conn(None, "1.1.1.1", "10.9.9.9:1")), Decision::Allow);
+    assert_eq!(
+        authorize(&p, t2, &conn(None, "1.1.1.1", "10.9.9.9:1")),
+        Decision::Allow
+    );
 }
 
 #[test]
@@ -178,7 +209,10 @@ spec:
         namespace: "ns",
         labels: &l,
     };
-    assert!(matches!(authorize(&p, t, &conn(None, "1.1.1.1", "2.2.2.2:80")), Decision::Deny(_)));
+    assert!(matches!(
+        authorize(&p, t, &conn(None, "1.1.1.1", "2.2.2.2:80")),
+        Decision::Deny(_)
+    ));
 }
 
 #[test]

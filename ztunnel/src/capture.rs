@@ -1,0 +1,66 @@
+//! Glue between the proxy and the eBPF loader ([`crate::redirect`]): original destinations
+//! come from the capture maps, and each enrolled pod gets its programs attached with the
+//! in-pod listeners as `sk_lookup` targets.
+
+use crate::app::CaptureHook;
+use crate::proxy::{OrigDstSource, PodProxy};
+use crate::redirect::{Capture, PodAttachment, PodCaptureSpec};
+use std::any::Any;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+/// eBPF capture as an original-destination source and a pod attach hook.
+pub struct EbpfCapture(pub Arc<Capture>);
+
+impl std::fmt::Debug for EbpfCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EbpfCapture")
+    }
+}
+
+impl OrigDstSource for EbpfCapture {
+    fn outbound(
+        &self,
+        _pod: IpAddr,
+        sock: BorrowedFd<'_>,
+        _peer: SocketAddr,
+        _local: SocketAddr,
+    ) -> Option<SocketAddr> {
+        self.0.original_dst(sock)
+    }
+}
+
+impl CaptureHook for EbpfCapture {
+    fn attach(&self, pod: &PodProxy) -> Result<Box<dyn Any + Send + Sync>, String> {
+        let w = &pod.ctx.workload;
+        let (Some(netns), Some(cgroup)) = (&w.netns, &w.cgroup) else {
+            return Err(format!(
+                "pod {}/{} needs the {} and {} annotations for eBPF capture",
+                w.namespace,
+                w.name,
+                common::k8s::NETNS_ANNOTATION,
+                common::k8s::CGROUP_ANNOTATION
+            ));
+        };
+        let spec = PodCaptureSpec {
+            cgroup,
+            netns,
+            pod_ip: w.ip,
+            hbone_listener: pod.hbone_fd(),
+            plaintext_listener: pod.plaintext_fd(),
+            excluded_ports: &w.excluded_outbound_ports,
+            excluded_inbound_ports: &w.excluded_inbound_ports,
+            health_check_src: None,
+        };
+        let a = self.0.attach_pod(&spec).map_err(|e| e.to_string())?;
+        Ok(Box::new(a))
+    }
+
+    fn describe(&self, attachment: &(dyn Any + Send + Sync)) -> serde_json::Value {
+        attachment
+            .downcast_ref::<PodAttachment>()
+            .and_then(|a| serde_json::to_value(a.state()).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
