@@ -23,12 +23,14 @@
 //!   `getsockname()` gives the destination port the peer asked for.
 //!
 //! # How ztunnel delivers to the application without being captured again
-//! ztunnel connects to the application *from inside the pod's network namespace* (a socket
-//! created there, to the pod IP or 127.0.0.1 and the target port). Such a connection reaches
-//! the lookup on the loopback device, and `sk_lookup` never steers lookups arriving on
-//! loopback; the socket is ztunnel's, outside the pod cgroup, so `connect4` does not see it
-//! either. Consequence: connections the pod makes to itself through its own IP are not
-//! captured inbound either (they are outbound-captured first, if not loopback).
+//! ztunnel connects to the application from a socket it creates *inside the pod's network
+//! namespace*, without binding it, to the pod IP (or 127.0.0.1) and the target port. The
+//! kernel then uses the pod IP as the source, and `sk_lookup` never steers a connection whose
+//! source is the pod IP itself or loopback: only a socket in the pod's own namespace can open
+//! one. The socket is ztunnel's, outside the pod cgroup, so `connect4` does not see it either.
+//! Consequences: ztunnel cannot spoof the client's source address on delivery (Istio's
+//! IP_TRANSPARENT) without a further marker, and the application's connections to its own pod
+//! IP are not captured inbound (they are captured outbound first).
 //!
 //! # Restart safety
 //! Every attachment is a `bpf_link` owned by this process: if ztunnel dies, the kernel detaches
@@ -47,7 +49,7 @@ mod sys;
 
 use std::{
     collections::HashSet,
-    net::{SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::BorrowedFd,
     path::{Path, PathBuf},
     sync::Arc,
@@ -58,7 +60,7 @@ use aya::{
     programs::{CgroupSockAddr, ProgramError, SkLookup, SockOps},
     Ebpf, EbpfLoader,
 };
-use ebpf_common::{maps, programs, ListenerKey, OrigDst, PeerKey, PodConfig, PortKey};
+use ebpf_common::{maps, programs, IpWords, ListenerKey, OrigDst, PeerKey, PodConfig, PortKey};
 use parking_lot::Mutex;
 
 pub use attach::{PodAttachment, PodCaptureSpec, PodCaptureState};
@@ -106,11 +108,14 @@ struct Shared {
 struct Inner {
     ebpf: Ebpf,
     pod_config: HashMap<MapData, u64, PodConfig>,
+    pod_by_ip: HashMap<MapData, IpWords, PodConfig>,
     excluded: HashMap<MapData, PortKey, u8>,
     listeners: SockHash<MapData, ListenerKey>,
     /// (dev, inode) of attached cgroups, and cookies of attached network namespaces.
     cgroups: HashSet<(u64, u64)>,
     netns: HashSet<u64>,
+    /// Pod IPs attached: sk_lookup finds pods by IP, so two pods must not share one.
+    pod_ips: HashSet<IpAddr>,
 }
 
 impl Capture {
@@ -136,6 +141,7 @@ impl Capture {
 
         let log = log::LogPump::start(&mut ebpf);
         let pod_config = take_map(&mut ebpf, maps::POD_CONFIG)?;
+        let pod_by_ip = take_map(&mut ebpf, maps::POD_BY_IP)?;
         let excluded = take_map(&mut ebpf, maps::EXCLUDED_PORTS)?;
         let by_peer = take_map(&mut ebpf, maps::ORIG_DST_BY_PEER)?;
         let listeners = take_map(&mut ebpf, maps::LISTENERS)?;
@@ -146,10 +152,12 @@ impl Capture {
                 inner: Mutex::new(Inner {
                     ebpf,
                     pod_config,
+                    pod_by_ip,
                     excluded,
                     listeners,
                     cgroups: HashSet::new(),
                     netns: HashSet::new(),
+                    pod_ips: HashSet::new(),
                 }),
                 by_peer: Mutex::new(by_peer),
                 counters,
@@ -206,8 +214,8 @@ impl Shared {
 
 fn to_socket_addr(orig: &OrigDst) -> SocketAddr {
     match sys::ip_from_words(orig.ip) {
-        std::net::IpAddr::V4(ip) => SocketAddr::V4(SocketAddrV4::new(ip, orig.port)),
-        std::net::IpAddr::V6(ip) => SocketAddr::V6(SocketAddrV6::new(ip, orig.port, 0, 0)),
+        IpAddr::V4(ip) => SocketAddr::V4(SocketAddrV4::new(ip, orig.port)),
+        IpAddr::V6(ip) => SocketAddr::V6(SocketAddrV6::new(ip, orig.port, 0, 0)),
     }
 }
 
@@ -221,37 +229,34 @@ where
             kind: "program",
             name,
         })?;
-    p.try_into()
-        .map_err(|_| RedirectError::ObjectMismatch {
-            kind: "program of the expected type",
-            name,
-        })
+    p.try_into().map_err(|_| RedirectError::ObjectMismatch {
+        kind: "program of the expected type",
+        name,
+    })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, RedirectError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(RedirectError::ObjectMismatch {
-        kind: "map",
-        name,
-    })?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(RedirectError::ObjectMismatch { kind: "map", name })?;
     T::try_from(map).map_err(|e| RedirectError::kernel(format!("map {name}"), e))
 }
 
-/// Verifier rejections carry the log; privilege refusals name the capability.
+/// Verifier rejections carry the log; privilege refusals name the capability. The verifier
+/// reports most rejections as EACCES, so only EPERM means a missing capability.
 fn load_error(program: &'static str, e: ProgramError) -> RedirectError {
     match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } if !matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
-            RedirectError::Verifier {
-                program,
-                source: io_error,
-                log: verifier_log.to_string(),
-            }
-        }
+        } if io_error.raw_os_error() != Some(libc::EPERM) => RedirectError::Verifier {
+            program,
+            source: io_error,
+            log: verifier_log.to_string(),
+        },
         other => RedirectError::kernel(format!("loading program {program}"), other),
     }
 }

@@ -20,10 +20,6 @@ pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 /// ztunnel's in-pod HBONE (mTLS HTTP/2 CONNECT) listener, and the port peers dial.
 pub const HBONE_PORT: u16 = 15008;
 
-/// The loopback interface's index; the same (1) in every network namespace. A connection
-/// whose lookup starts on it was opened from inside the pod's own network namespace.
-pub const LOOPBACK_IFINDEX: u32 = 1;
-
 /// Names of the programs in the object (the Rust function names in `ebpf/programs`).
 pub mod programs {
     pub const CONNECT4: &str = "mesh_connect4";
@@ -35,7 +31,11 @@ pub mod programs {
 /// Names of the maps in the object (the Rust static names in `ebpf/programs`).
 pub mod maps {
     /// `HASH<u64 netns cookie, PodConfig>`: which network namespaces are enrolled, and how.
+    /// Used by the cgroup programs, which can ask for their socket's netns cookie.
     pub const POD_CONFIG: &str = "POD_CONFIG";
+    /// `HASH<IpWords pod IP, PodConfig>`: the same records by pod IP, for sk_lookup, which
+    /// cannot call `bpf_get_netns_cookie` (kernel 6.18) but knows the destination address.
+    pub const POD_BY_IP: &str = "POD_BY_IP";
     /// `HASH<PortKey, u8>`: per-pod excluded ports, outbound (destination) and inbound.
     pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
     /// `LRU_HASH<u64 socket cookie, OrigDst>`: written by connect4/6, moved by sock_ops.
@@ -138,10 +138,12 @@ pub const fn octets_from_words(w: IpWords) -> [u8; 16] {
     ]
 }
 
-/// Per-pod capture settings, keyed by the pod network namespace's cookie.
+/// Per-pod capture settings, keyed by the pod network namespace's cookie and by pod IP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PodConfig {
+    /// The pod network namespace's cookie: the pod's identity in every other map.
+    pub netns_cookie: u64,
     /// The pod's IP; sk_lookup steers only connections addressed to it.
     pub pod_ip: IpWords,
     /// Source of node health checks (kubelet probes), never steered inbound.
@@ -214,7 +216,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<PodConfig>(), 40);
+        assert_eq!(core::mem::size_of::<PodConfig>(), 48);
         assert_eq!(core::mem::size_of::<PortKey>(), 16);
         assert_eq!(core::mem::size_of::<OrigDst>(), 24);
         assert_eq!(core::mem::size_of::<PeerKey>(), 32);

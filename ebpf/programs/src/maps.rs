@@ -5,11 +5,15 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
 };
-use ebpf_common::{capacity, counter, ListenerKey, OrigDst, PeerKey, PodConfig, PortKey};
+use ebpf_common::{capacity, counter, IpWords, ListenerKey, OrigDst, PeerKey, PodConfig, PortKey};
 
 /// Enrolled network namespaces (by netns cookie); written by ztunnel only.
 #[map]
 pub static POD_CONFIG: HashMap<u64, PodConfig> = HashMap::with_max_entries(capacity::PODS, 0);
+
+/// The same records by pod IP, for sk_lookup (no netns cookie helper there).
+#[map]
+pub static POD_BY_IP: HashMap<IpWords, PodConfig> = HashMap::with_max_entries(capacity::PODS, 0);
 
 /// Excluded ports per pod and direction; written by ztunnel only.
 #[map]

@@ -14,6 +14,8 @@
 //! ports, sockets in network namespaces that are not enrolled (ztunnel's own sockets are not
 //! in the pod cgroup at all), and native IPv6 unless the pod enables it.
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
@@ -186,10 +188,26 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<Outcome, i64> {
     };
     // SAFETY: as above.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let ip = if ctx.family() == u32::from(AF_INET6) {
-        ctx.local_ip6()
+    // Both forms are read unconditionally and with volatile loads: otherwise LLVM merges the
+    // two branches into one context load at a computed offset, which the verifier rejects.
+    let ops = ctx.ops;
+    // SAFETY: the kernel passes a valid bpf_sock_ops; every field read is allowed for sock_ops.
+    let (family, ip4, ip6) = unsafe {
+        (
+            read_volatile(&raw const (*ops).family),
+            read_volatile(&raw const (*ops).local_ip4),
+            [
+                read_volatile(&raw const (*ops).local_ip6[0]),
+                read_volatile(&raw const (*ops).local_ip6[1]),
+                read_volatile(&raw const (*ops).local_ip6[2]),
+                read_volatile(&raw const (*ops).local_ip6[3]),
+            ],
+        )
+    };
+    let ip = if family == u32::from(AF_INET6) {
+        ip6
     } else {
-        v4_mapped(ctx.local_ip4())
+        v4_mapped(ip4)
     };
     let key = PeerKey {
         netns_cookie: netns,
@@ -198,9 +216,14 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<Outcome, i64> {
         port: ctx.local_port() as u16,
         _pad: [0; 6],
     };
-    ORIG_DST_BY_PEER.insert(key, orig, 0).map_err(|e| e as i64)?;
+    ORIG_DST_BY_PEER
+        .insert(key, orig, 0)
+        .map_err(|e| e as i64)?;
     // Best effort: LRU evicts it anyway.
     let _ = ORIG_DST_BY_COOKIE.remove(cookie);
-    debug!(ctx, "sock_ops recorded peer port={} dst port={}", key.port, orig.port);
+    debug!(
+        ctx,
+        "sock_ops recorded peer port={} dst port={}", key.port, orig.port
+    );
     Ok(Outcome::Captured)
 }

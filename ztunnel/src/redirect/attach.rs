@@ -140,8 +140,14 @@ pub(super) fn attach(
                 what: format!("network namespace {}", pod.netns.display()),
             });
         }
+        if inner.pod_ips.contains(&pod.pod_ip) {
+            return Err(RedirectError::AlreadyAttached {
+                what: format!("pod IP {}", pod.pod_ip),
+            });
+        }
         inner.cgroups.insert(cgroup_id);
         inner.netns.insert(netns_cookie);
+        inner.pod_ips.insert(pod.pod_ip);
     }
 
     // From here on, `att`'s Drop undoes whatever step failed half-way. It takes the lock
@@ -232,6 +238,7 @@ fn fill(
         att.listener_keys.push(key);
     }
     let mut config = PodConfig {
+        netns_cookie,
         pod_ip: sys::ip_words(pod.pod_ip),
         flags: flags::CAPTURE_OUTBOUND | flags::CAPTURE_INBOUND,
         ..PodConfig::default()
@@ -245,6 +252,10 @@ fn fill(
         .insert(netns_cookie, config, 0)
         .map_err(|e| map_err("enrolling the pod in POD_CONFIG", e))?;
     att.config_written = true;
+    inner
+        .pod_by_ip
+        .insert(config.pod_ip, config, 0)
+        .map_err(|e| map_err("enrolling the pod in POD_BY_IP", e))?;
 
     let cgroup = File::open(pod.cgroup).map_err(|e| RedirectError::kernel("open cgroup", e))?;
     let ebpf = &mut inner.ebpf;
@@ -256,7 +267,10 @@ fn fill(
         let id = p
             .attach(cgroup.as_fd(), CgroupAttachMode::Single)
             .map_err(|e| attach_error(name, pod.cgroup, e))?;
-        att.sock_addr.push(p.take_link(id).map_err(|e| attach_error(name, pod.cgroup, e))?);
+        att.sock_addr.push(
+            p.take_link(id)
+                .map_err(|e| attach_error(name, pod.cgroup, e))?,
+        );
         att.state.attached.push(name);
     }
     let p: &mut SockOps = super::program(ebpf, programs::SOCK_OPS)?;
@@ -284,10 +298,7 @@ fn fill(
 }
 
 fn attach_error(program: &str, target: &Path, e: aya::programs::ProgramError) -> RedirectError {
-    RedirectError::kernel(
-        format!("attaching {program} to {}", target.display()),
-        e,
-    )
+    RedirectError::kernel(format!("attaching {program} to {}", target.display()), e)
 }
 
 impl Drop for PodAttachment {
@@ -308,6 +319,7 @@ impl Drop for PodAttachment {
         }
         if self.config_written {
             let _ = inner.pod_config.remove(&cookie);
+            let _ = inner.pod_by_ip.remove(&sys::ip_words(self.state.pod_ip));
         }
         // Records of connections ztunnel never accepted. Cookies of sockets are not tied to
         // the namespace in the map, so those age out of the LRU instead.
@@ -322,6 +334,7 @@ impl Drop for PodAttachment {
         }
         inner.cgroups.remove(&self.cgroup_id);
         inner.netns.remove(&cookie);
+        inner.pod_ips.remove(&self.state.pod_ip);
         tracing::info!(
             cgroup = %self.state.cgroup.display(),
             netns = %self.state.netns.display(),

@@ -20,7 +20,10 @@ pub enum RedirectError {
         "{operation} was refused ({source}): ztunnel needs CAP_BPF and CAP_NET_ADMIN \
          (or root) to load and attach its capture programs"
     )]
-    MissingCapability { operation: String, source: io::Error },
+    MissingCapability {
+        operation: String,
+        source: io::Error,
+    },
 
     /// The verifier rejected a program; `log` is its output, unedited.
     #[error("the kernel verifier rejected {program} ({source}); verifier log:\n{log}")]
@@ -54,7 +57,10 @@ pub enum RedirectError {
 
     /// The object does not contain what this loader expects (built from another revision).
     #[error("eBPF object has no {kind} named {name}; rebuild it with `cargo xtask build-ebpf`")]
-    ObjectMismatch { kind: &'static str, name: &'static str },
+    ObjectMismatch {
+        kind: &'static str,
+        name: &'static str,
+    },
 
     /// Any other failure of the kernel or aya, with the step that failed.
     #[error("{operation}: {source}")]
@@ -91,12 +97,13 @@ impl RedirectError {
     }
 }
 
-/// EPERM/EACCES found in the error chain, if any.
+/// EPERM found in the error chain, if any. (EACCES is not included: the verifier uses it for
+/// rejected programs, which are not a privilege problem.)
 fn permission_errno(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            if let Some(code @ (libc::EPERM | libc::EACCES)) = io.raw_os_error() {
+            if let Some(code @ libc::EPERM) = io.raw_os_error() {
                 return Some(code);
             }
         }
