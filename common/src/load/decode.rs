@@ -1,0 +1,235 @@
+//! Decoding one YAML document into a typed [`Resource`], reporting syntax errors, type errors
+//! (with the field path where decoding stopped), unknown kinds and unknown Istio fields, then
+//! running the per-resource validation.
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use super::{FileResult, Origin};
+use crate::diagnostic::{codes, Code, Diagnostic, Severity};
+use crate::resource::{Kind, Resource};
+use crate::validate;
+
+pub(super) fn document(origin: Origin, out: &mut FileResult) {
+    let doc = &origin.text[origin.doc.clone()];
+    let value: Value = match serde_yaml::from_str(doc) {
+        Ok(v) => v,
+        Err(e) => {
+            let line = e
+                .location()
+                .map_or(origin.line, |l| origin.line + l.line() - 1);
+            let mut d = Diagnostic::new(
+                Severity::Error,
+                codes::SCHEMA_VALIDATION_ERROR,
+                format!("invalid YAML: {}", strip_location(&e.to_string())),
+            );
+            d.file = Some(origin.file.to_path_buf());
+            d.line = Some(line);
+            out.diagnostics.push(d);
+            return;
+        }
+    };
+    if value.is_null() {
+        return; // empty document (comments only, or a trailing `---`)
+    }
+    let is_list = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k.ends_with("List"))
+        && value.get("items").is_some_and(Value::is_sequence);
+    if is_list {
+        // `kubectl get -o yaml` wraps several objects in a List.
+        let Value::Mapping(mut map) = value else {
+            return;
+        };
+        let Some(Value::Sequence(items)) = map.remove("items") else {
+            return;
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let mut o = origin.clone();
+            o.prefix = format!("items[{i}].");
+            object(item, o, out);
+        }
+    } else {
+        object(value, origin, out);
+    }
+}
+
+/// serde_yaml appends ` at line L column C` relative to the document; the diagnostic carries
+/// the file line instead.
+fn strip_location(msg: &str) -> &str {
+    msg.rfind(" at line ").map_or(msg, |i| &msg[..i])
+}
+
+fn object(value: Value, origin: Origin, out: &mut FileResult) {
+    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let api_version = str_of(&value, "apiVersion");
+    let kind_name = str_of(&value, "kind");
+    let meta = value.get("metadata");
+    let name = meta.and_then(|m| str_of(m, "name")).unwrap_or_default();
+    let namespace = meta
+        .and_then(|m| str_of(m, "namespace"))
+        .unwrap_or_else(|| "default".into());
+    let push = |out: &mut FileResult,
+                sev: Severity,
+                code: Code,
+                res: Option<String>,
+                path: Option<&str>,
+                msg: String| {
+        let mut d = Diagnostic::new(sev, code, msg);
+        d.resource = res;
+        d.path = path.map(str::to_string);
+        out.diagnostics.push(origin.diagnostic(d));
+    };
+    let (Some(api_version), Some(kind_name)) = (api_version, kind_name) else {
+        let field = if value.get("apiVersion").is_none() {
+            "apiVersion"
+        } else {
+            "kind"
+        };
+        push(
+            out,
+            Severity::Error,
+            codes::SCHEMA_VALIDATION_ERROR,
+            None,
+            Some(field),
+            "required field is missing (every object needs apiVersion and kind)".into(),
+        );
+        return;
+    };
+    let Some(kind) = Kind::from_api(&api_version, &kind_name) else {
+        let res = format!("{kind_name} {namespace}/{name}");
+        push(
+            out,
+            Severity::Warning,
+            codes::UNKNOWN_KIND,
+            Some(res),
+            None,
+            format!("kind {kind_name} ({api_version}) is not read by this mesh; skipped"),
+        );
+        return;
+    };
+    let label = if kind.is_namespaced() {
+        format!("{kind} {namespace}/{name}")
+    } else {
+        format!("{kind} {name}")
+    };
+    let istio = matches!(
+        kind,
+        Kind::VirtualService
+            | Kind::DestinationRule
+            | Kind::PeerAuthentication
+            | Kind::AuthorizationPolicy
+            | Kind::IstioGateway
+    );
+    let decoded = match kind {
+        Kind::Namespace => typed(value, istio).map(|(r, i)| (Resource::Namespace(r), i)),
+        Kind::Pod => typed(value, istio).map(|(r, i)| (Resource::Pod(r), i)),
+        Kind::Service => typed(value, istio).map(|(r, i)| (Resource::Service(r), i)),
+        Kind::Gateway => typed(value, istio).map(|(r, i)| (Resource::Gateway(r), i)),
+        Kind::VirtualService => typed(value, istio).map(|(r, i)| (Resource::VirtualService(r), i)),
+        Kind::DestinationRule => {
+            typed(value, istio).map(|(r, i)| (Resource::DestinationRule(r), i))
+        }
+        Kind::PeerAuthentication => {
+            typed(value, istio).map(|(r, i)| (Resource::PeerAuthentication(r), i))
+        }
+        Kind::AuthorizationPolicy => {
+            typed(value, istio).map(|(r, i)| (Resource::AuthorizationPolicy(r), i))
+        }
+        Kind::IstioGateway => typed(value, istio).map(|(r, i)| (Resource::IstioGateway(r), i)),
+    };
+    let (resource, ignored) = match decoded {
+        Ok(ok) => ok,
+        Err((path, msg)) => {
+            push(
+                out,
+                Severity::Error,
+                codes::SCHEMA_VALIDATION_ERROR,
+                Some(label),
+                path.as_deref(),
+                msg,
+            );
+            return;
+        }
+    };
+    for path in ignored {
+        push(
+            out,
+            Severity::Warning,
+            codes::UNKNOWN_FIELD,
+            Some(label.clone()),
+            Some(&path),
+            format!(
+                "unknown field for {kind}; ignored (not in Istio's API, or not known to this mesh)"
+            ),
+        );
+    }
+    for f in validate::validate(&resource) {
+        push(
+            out,
+            f.severity,
+            f.code,
+            Some(label.clone()),
+            Some(&f.path),
+            f.message,
+        );
+    }
+    out.resources.push((resource, origin));
+}
+
+/// Decodes `T`, returning the ignored field paths worth a warning, or the path and message of
+/// the first error.
+#[allow(clippy::type_complexity)]
+fn typed<T: DeserializeOwned>(
+    value: Value,
+    istio: bool,
+) -> Result<(T, Vec<String>), (Option<String>, String)> {
+    let mut ignored = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let result = {
+        let de = serde_path_to_error::Deserializer::new(value, &mut track);
+        serde_ignored::deserialize(de, |p| {
+            if istio {
+                let path = ignored_path(&p);
+                if reportable(&path) {
+                    ignored.push(path);
+                }
+            }
+        })
+    };
+    match result {
+        Ok(t) => Ok((t, ignored)),
+        Err(e) => {
+            let path = track.path().to_string();
+            let path = (path != "." && !path.is_empty()).then_some(path);
+            Err((path, e.to_string()))
+        }
+    }
+}
+
+/// `apiVersion`, `kind`, `status` and Kubernetes metadata are not Istio fields.
+fn reportable(path: &str) -> bool {
+    !matches!(path, "apiVersion" | "kind" | "status")
+        && !path.starts_with("metadata")
+        && !path.starts_with("status.")
+}
+
+fn ignored_path(p: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = ignored_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
