@@ -10,6 +10,7 @@ pub mod k8s;
 pub mod load;
 pub mod model;
 pub mod resource;
+pub mod source;
 pub mod validate;
 
 pub use diagnostic::{Diagnostic, Severity};

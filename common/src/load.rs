@@ -111,11 +111,18 @@ struct FileResult {
 #[derive(Default)]
 pub struct Loader {
     cache: HashMap<PathBuf, (u64, Arc<FileResult>)>,
+    fingerprint: u64,
 }
 
 impl Loader {
     pub fn new() -> Self {
         Loader::default()
+    }
+
+    /// Identifies the file names and contents of the last load: equal fingerprints mean an
+    /// identical configuration (a watcher uses it to skip no-op reloads).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// Loads every `.yaml`/`.yml` file under `dir` (recursively, in name order; names starting
@@ -157,6 +164,11 @@ impl Loader {
     /// returns every file's result in order.
     fn parse_all(&mut self, texts: Vec<(PathBuf, String)>) -> Vec<Arc<FileResult>> {
         let hashes: Vec<u64> = texts.iter().map(|(_, t)| content_hash(t)).collect();
+        let mut fp = DefaultHasher::new();
+        for ((rel, _), h) in texts.iter().zip(&hashes) {
+            (rel, h).hash(&mut fp);
+        }
+        self.fingerprint = fp.finish();
         let todo: Vec<usize> = (0..texts.len())
             .filter(|&i| {
                 self.cache
