@@ -68,10 +68,8 @@ pub struct Ztunnel {
     capture: Option<Arc<dyn CaptureHook>>,
     ready: Arc<AtomicBool>,
     admin_stop: CancellationToken,
-    /// Bound addresses of admin, metrics and readiness.
-    pub admin_addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
-    pub readiness_addr: SocketAddr,
+    /// Bound (admin, metrics, readiness) addresses, set once the servers are up.
+    addrs: std::sync::OnceLock<(SocketAddr, SocketAddr, SocketAddr)>,
 }
 
 impl Ztunnel {
@@ -103,18 +101,13 @@ impl Ztunnel {
         };
         let ready = Arc::new(AtomicBool::new(false));
         let admin_stop = CancellationToken::new();
-        let zt = Arc::new_cyclic(|weak: &std::sync::Weak<Ztunnel>| {
-            let _ = weak;
-            Ztunnel {
-                inputs: inputs.clone(),
-                pods: Mutex::new(HashMap::new()),
-                capture: opts.capture,
-                ready: ready.clone(),
-                admin_stop: admin_stop.clone(),
-                admin_addr: cfg.admin_addr,
-                metrics_addr: cfg.metrics_addr,
-                readiness_addr: cfg.readiness_addr,
-            }
+        let zt = Arc::new(Ztunnel {
+            inputs: inputs.clone(),
+            pods: Mutex::new(HashMap::new()),
+            capture: opts.capture,
+            ready: ready.clone(),
+            admin_stop: admin_stop.clone(),
+            addrs: std::sync::OnceLock::new(),
         });
         zt.reconcile()?;
         let metrics = inputs.metrics.clone();
@@ -171,18 +164,34 @@ impl Ztunnel {
             }
         })
         .await?;
-        // Safe: only the addresses change, before anyone else reads them.
-        let zt = Arc::try_unwrap(zt)
-            .map(|mut z| {
-                z.admin_addr = admin_addr;
-                z.metrics_addr = metrics_addr;
-                z.readiness_addr = readiness_addr;
-                Arc::new(z)
-            })
-            .unwrap_or_else(|z| z);
+        let _ = zt.addrs.set((admin_addr, metrics_addr, readiness_addr));
         ready.store(true, Ordering::Release);
         tracing::info!(node = %cfg.node, %admin_addr, %metrics_addr, %readiness_addr, "ztunnel ready");
         Ok(zt)
+    }
+
+    /// Bound admin address (localhost).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.addrs
+            .get()
+            .map(|a| a.0)
+            .unwrap_or(self.inputs.cfg.admin_addr)
+    }
+
+    /// Bound Prometheus address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.addrs
+            .get()
+            .map(|a| a.1)
+            .unwrap_or(self.inputs.cfg.metrics_addr)
+    }
+
+    /// Bound readiness address.
+    pub fn readiness_addr(&self) -> SocketAddr {
+        self.addrs
+            .get()
+            .map(|a| a.2)
+            .unwrap_or(self.inputs.cfg.readiness_addr)
     }
 
     /// The shared proxy inputs (state, metrics, certificates, pool).
