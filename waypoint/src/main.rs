@@ -1,1 +1,120 @@
-fn main() {}
+//! `waypoint` binary: loads a config directory, serves the proxy and side ports, and reloads
+//! the directory when it changes (polling; a bad reload keeps the last good config).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use waypoint::admin::Port;
+use waypoint::config::{self, MeshSnapshot, ServeScope, WaypointConfig};
+use waypoint::Waypoint;
+
+#[derive(Parser, Debug)]
+#[command(about = "L7 waypoint proxy (Istio ambient style)")]
+struct Args {
+    /// Directory of Kubernetes/Istio YAML (hot reloaded).
+    #[arg(long, env = "WAYPOINT_CONFIG")]
+    config: PathBuf,
+    /// Gateway name this waypoint serves (`istio.io/use-waypoint: <name>`).
+    #[arg(long, env = "WAYPOINT_NAME", default_value = "waypoint")]
+    name: String,
+    /// Namespace of the waypoint Gateway.
+    #[arg(long, env = "WAYPOINT_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Serve every service in the config, not only those bound to this waypoint.
+    #[arg(long)]
+    all_services: bool,
+    /// Plaintext HTTP listener.
+    #[arg(long, default_value = "0.0.0.0:15080")]
+    listen: SocketAddr,
+    /// Address for the admin (15000), metrics (15020) and readiness (15021) ports.
+    #[arg(long, default_value = "127.0.0.1")]
+    admin_ip: IpAddr,
+    /// Port offset for the side ports (tests run several waypoints on one host).
+    #[arg(long, default_value_t = 0)]
+    port_offset: u16,
+    /// Disable the per-request access log.
+    #[arg(long)]
+    no_access_log: bool,
+    /// Config poll interval in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    reload_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let cfg = WaypointConfig {
+        name: args.name.clone(),
+        namespace: args.namespace.clone(),
+        scope: if args.all_services {
+            ServeScope::All
+        } else {
+            ServeScope::Waypoint
+        },
+        access_log: !args.no_access_log,
+        ..Default::default()
+    };
+    let snap = MeshSnapshot::load_dir(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    let wp = Waypoint::new(cfg, &snap);
+    let plain = wp
+        .spawn_plaintext(args.listen)
+        .await
+        .context("binding plaintext listener")?;
+    let side = |p: u16| SocketAddr::new(args.admin_ip, p + args.port_offset);
+    let admin = wp
+        .spawn_side(side(config::ADMIN_PORT), Port::Admin)
+        .await
+        .context("binding admin port")?;
+    let metrics = wp
+        .spawn_side(side(config::METRICS_PORT), Port::Metrics)
+        .await
+        .context("binding metrics port")?;
+    let ready = wp
+        .spawn_side(
+            SocketAddr::new(
+                [0, 0, 0, 0].into(),
+                config::READINESS_PORT + args.port_offset,
+            ),
+            Port::Readiness,
+        )
+        .await
+        .context("binding readiness port")?;
+    tracing::info!(%plain, %admin, %metrics, %ready, name = %args.name, vhosts = wp.tables().virtual_hosts.len(), "waypoint serving");
+
+    let mut last = config::dir_fingerprint(&args.config);
+    let mut tick = tokio::time::interval(Duration::from_millis(args.reload_ms.max(50)));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {}
+        }
+        let now = config::dir_fingerprint(&args.config);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match MeshSnapshot::load_dir(&args.config) {
+            Ok(s) => {
+                wp.update(&s);
+                tracing::info!(
+                    generation = wp.tables().generation,
+                    "configuration reloaded"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the last good configuration")
+            }
+        }
+    }
+    Ok(())
+}
