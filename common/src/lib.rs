@@ -2,6 +2,7 @@
 //! views the proxies query, and the sources that fill it (a directory of YAML files today, the
 //! Kubernetes API later). Nothing downstream knows where an object came from.
 
+pub mod analyze;
 pub mod diagnostic;
 pub mod duration;
 pub mod identity;

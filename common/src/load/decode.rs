@@ -57,8 +57,19 @@ pub(super) fn document(origin: Origin, out: &mut FileResult) {
 
 /// serde_yaml appends ` at line L column C` relative to the document; the diagnostic carries
 /// the file line instead.
-fn strip_location(msg: &str) -> &str {
-    msg.rfind(" at line ").map_or(msg, |i| &msg[..i])
+fn strip_location(msg: &str) -> String {
+    let Some(start) = msg.find(" at line ") else {
+        return msg.to_string();
+    };
+    let rest = &msg[start..];
+    let end = rest
+        .find(" column ")
+        .map(|c| {
+            let digits = rest[c + 8..].bytes().take_while(u8::is_ascii_digit).count();
+            c + 8 + digits
+        })
+        .unwrap_or(rest.len());
+    format!("{}{}", &msg[..start], &rest[end..])
 }
 
 fn object(value: Value, origin: Origin, out: &mut FileResult) {
