@@ -596,3 +596,167 @@ fn errors_name_what_is_wrong() {
     );
     let _ = z.outbound.as_raw_fd();
 }
+
+#[test]
+fn dual_stack_socket_to_ipv4_is_captured_by_connect6() {
+    let t = Topology::new();
+    let cap = std::sync::Arc::new(load());
+    let z = ztunnel_sockets(&t);
+    let _att = attach(&cap, &t, &z, &[], &[]);
+    let c = cap.clone();
+    let server = serve_one(z.outbound, "ztunnel", move |s| c.original_dst(s.as_fd()));
+    // An AF_INET6 socket dialling an IPv4-mapped address goes through connect6.
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_INET6); s.settimeout(5); \
+         s.connect(('::ffff:{}', 80)); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); \
+         print(s.recv(1024).decode().split('\\r\\n\\r\\n')[-1], end='')",
+        t.peer_ip
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c \"{script}\"",
+            t.cgroup.path.display(),
+            t.pod.path().display()
+        ))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ztunnel");
+    assert_eq!(
+        server.join().unwrap(),
+        Some(SocketAddr::new(t.peer_ip.into(), 80)),
+        "original destination is reported as IPv4"
+    );
+    assert!(
+        cap.counters().connect6.captured >= 1,
+        "{:?}",
+        cap.counters()
+    );
+}
+
+#[test]
+fn health_check_source_reaches_the_application() {
+    let t = Topology::new();
+    let cap = load();
+    let z = ztunnel_sockets(&t);
+    serve_all(z.plaintext.try_clone().unwrap(), "plaintext");
+    serve_all(listen(&t.pod, "0.0.0.0:8080".parse().unwrap()), "app");
+    let netns = t.pod.path();
+    let _att = cap
+        .attach_pod(&PodCaptureSpec {
+            cgroup: &t.cgroup.path,
+            netns: &netns,
+            pod_ip: IpAddr::V4(t.pod_ip),
+            hbone_listener: z.hbone.as_fd(),
+            plaintext_listener: z.plaintext.as_fd(),
+            excluded_ports: &[],
+            excluded_inbound_ports: &[],
+            // The peer namespace plays the node: its probes must not go through ztunnel.
+            health_check_src: Some(IpAddr::V4(t.peer_ip)),
+        })
+        .unwrap();
+    assert_eq!(
+        t.curl_from_peer(SocketAddr::new(t.pod_ip.into(), 8080))
+            .as_deref(),
+        Ok("app")
+    );
+}
+
+#[test]
+fn killed_owner_leaves_nothing_attached_and_restart_attaches_once() {
+    let t = Topology::new();
+    let z = ztunnel_sockets(&t);
+    serve_all(
+        listen(&t.peer, SocketAddr::new(t.peer_ip.into(), 80)),
+        "direct",
+    );
+    serve_all(z.outbound.try_clone().unwrap(), "ztunnel");
+    let object = object();
+    let (mut rx, tx) = std::io::pipe().expect("pipe");
+
+    // The "old ztunnel": a forked child that loads, attaches and then hangs until SIGKILL.
+    // Forking a threaded test process is fine here: glibc makes malloc fork-safe and the
+    // child only loads, attaches and sleeps.
+    // SAFETY: see above; the child never returns into the test harness.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => {
+            let code = (|| {
+                let cap = Capture::load(&object).ok()?;
+                let netns = t.pod.path();
+                let att = cap
+                    .attach_pod(&PodCaptureSpec {
+                        cgroup: &t.cgroup.path,
+                        netns: &netns,
+                        pod_ip: IpAddr::V4(t.pod_ip),
+                        hbone_listener: z.hbone.as_fd(),
+                        plaintext_listener: z.plaintext.as_fd(),
+                        excluded_ports: &[],
+                        excluded_inbound_ports: &[],
+                        health_check_src: None,
+                    })
+                    .ok()?;
+                let mut tx = tx;
+                tx.write_all(b"1").ok()?;
+                loop {
+                    thread::sleep(Duration::from_secs(60));
+                    let _ = &att;
+                }
+            })();
+            let _: Option<()> = code;
+            // SAFETY: leave the forked child without running the parent's destructors.
+            unsafe { libc::_exit(1) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(tx);
+            let mut ready = [0u8; 1];
+            let got = rx.read(&mut ready).unwrap_or(0);
+            let kill_child = || {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(child, None);
+            };
+            if got != 1 {
+                kill_child();
+                panic!("child failed to load/attach");
+            }
+            assert_eq!(links_for(&t).len(), 4);
+            let captured = t.curl(SocketAddr::new(t.peer_ip.into(), 80), true);
+            if captured.as_deref() != Ok("ztunnel") {
+                kill_child();
+                panic!("the child's attachment did not capture: {captured:?}");
+            }
+            kill_child();
+        }
+    }
+    // The kernel releases links when the last fd goes; give deferred release a moment.
+    let mut left = links_for(&t);
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+        left = links_for(&t);
+    }
+    assert!(left.is_empty(), "links survived SIGKILL: {left:?}");
+    assert_eq!(
+        t.curl(SocketAddr::new(t.peer_ip.into(), 80), true)
+            .as_deref(),
+        Ok("direct"),
+        "capture must stop with its owner"
+    );
+
+    // The "restarted ztunnel".
+    let cap = load();
+    let _att = attach(&cap, &t, &z, &[], &[]);
+    assert_eq!(links_for(&t).len(), 4, "exactly one set after restart");
+    assert_eq!(
+        t.curl(SocketAddr::new(t.peer_ip.into(), 80), true)
+            .as_deref(),
+        Ok("ztunnel"),
+        "traffic is captured again after the restart"
+    );
+}
