@@ -77,11 +77,7 @@ impl Completion {
             r.request_bytes = c.load(std::sync::atomic::Ordering::Relaxed);
         }
         let duration = r.start.elapsed();
-        let flags = if r.flags.is_empty() {
-            "-".to_string()
-        } else {
-            r.flags.join(",")
-        };
+        let flags = join_flags(&mut r.flags);
         let mut labels = r.labels.clone();
         labels.response_code = r.status;
         labels.response_flags = Arc::from(flags.as_str());
@@ -94,6 +90,19 @@ impl Completion {
             let _ = std::io::stdout().lock().write_all(line.as_bytes());
         }
     }
+}
+
+/// Envoy prints flags in a fixed order regardless of when they were raised.
+const FLAG_ORDER: [&str; 14] = [
+    "UH", "UT", "UF", "UC", "UO", "NR", "DI", "FI", "DC", "URX", "RBAC", "NC", "LR", "UR",
+];
+
+fn join_flags(flags: &mut [&'static str]) -> String {
+    if flags.is_empty() {
+        return "-".to_string();
+    }
+    flags.sort_by_key(|f| FLAG_ORDER.iter().position(|o| o == f).unwrap_or(usize::MAX));
+    flags.join(",")
 }
 
 fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
@@ -159,6 +168,13 @@ pub fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn flags_in_envoy_order() {
+        assert_eq!(join_flags(&mut ["URX", "UF"]), "UF,URX");
+        assert_eq!(join_flags(&mut ["FI", "DI"]), "DI,FI");
+        assert_eq!(join_flags(&mut []), "-");
+    }
 
     #[test]
     fn timestamps() {
