@@ -39,6 +39,13 @@ fn object() -> PathBuf {
 }
 
 fn load() -> Capture {
+    // The programs' aya-log records arrive as `tracing` events under the `ebpf` target;
+    // shown with `--nocapture` (RUST_LOG overrides the filter).
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "ebpf=debug".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
     match Capture::load(&object()) {
         Ok(c) => c,
         Err(e) => panic!("loading the capture programs failed (tests must run as root): {e}"),
