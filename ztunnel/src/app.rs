@@ -109,7 +109,10 @@ impl Ztunnel {
             admin_stop: admin_stop.clone(),
             addrs: std::sync::OnceLock::new(),
         });
-        zt.reconcile()?;
+        if let Err(e) = zt.reconcile() {
+            // Keep serving the pods that did enrol; [`Ztunnel::retry_enrolment`] tries again.
+            tracing::error!(error = %e, "initial enrolment incomplete");
+        }
         let metrics = inputs.metrics.clone();
         let metrics_addr = admin::serve(cfg.metrics_addr, admin_stop.clone(), move |req| {
             let metrics = metrics.clone();
@@ -211,6 +214,11 @@ impl Ztunnel {
         if let Err(e) = self.reconcile() {
             tracing::error!(error = %e, "enrolment after config change failed");
         }
+    }
+
+    /// Tries again to enrol pods whose enrolment failed (netns not there yet, ...).
+    pub fn retry_enrolment(&self) -> Result<(), AppError> {
+        self.reconcile()
     }
 
     fn reconcile(&self) -> Result<(), AppError> {

@@ -80,7 +80,7 @@ fn init_logging() -> ztunnel::admin::LogControl {
     })
 }
 
-fn analyze(dir: &PathBuf) -> anyhow::Result<()> {
+fn analyze(dir: &std::path::Path) -> anyhow::Result<()> {
     let resources = ztunnel::source::load_dir(dir)?;
     let st = ztunnel::state::ProxyState::build(&resources, "cluster.local", "Kubernetes");
     println!(
@@ -159,6 +159,9 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = ztunnel::source::fingerprint(&dir);
             if now == last {
+                if let Err(e) = reload_zt.retry_enrolment() {
+                    tracing::debug!(error = %e, "enrolment retry");
+                }
                 continue;
             }
             last = now;

@@ -20,7 +20,7 @@ use ztunnel::proxy::OrigDstTable;
 pub fn block() -> u8 {
     static NEXT: AtomicU8 = AtomicU8::new(0);
     let pid = (std::process::id() % 100) as u8;
-    20 + pid + NEXT.fetch_add(1, Ordering::SeqCst) * 1
+    20 + pid + NEXT.fetch_add(1, Ordering::SeqCst)
 }
 
 pub fn parse(yaml: &str) -> Vec<Resource> {
