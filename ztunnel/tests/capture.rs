@@ -767,3 +767,40 @@ fn killed_owner_leaves_nothing_attached_and_restart_attaches_once() {
         "traffic is captured again after the restart"
     );
 }
+
+/// Set in the re-executed copy of [`missing_capability_is_named`].
+const UNPRIVILEGED_CHILD: &str = "MESH_CAPTURE_TEST_UNPRIVILEGED_CHILD";
+
+#[test]
+fn missing_capability_is_named() {
+    if std::env::var_os(UNPRIVILEGED_CHILD).is_some() {
+        // The child: every capability dropped. Report the error on stdout for the parent.
+        match Capture::load(&object()) {
+            Ok(_) => println!("RESULT loaded"),
+            Err(e) => println!("RESULT capability={} {e}", e.is_missing_capability()),
+        }
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
+        .arg(exe)
+        .args(["--exact", "missing_capability_is_named", "--nocapture"])
+        .env(UNPRIVILEGED_CHILD, "1")
+        .env(ztunnel::redirect::OBJECT_ENV, object())
+        .output()
+        .expect("setpriv (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or_else(|| panic!("child printed no result: {stdout}"));
+    eprintln!("unprivileged load: {line}");
+    assert!(line.contains("capability=true"), "{line}");
+    assert!(line.contains("CAP_BPF"), "{line}");
+}

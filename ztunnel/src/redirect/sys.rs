@@ -105,3 +105,18 @@ pub fn peer_addr(sock: BorrowedFd<'_>) -> io::Result<SocketAddr> {
         .as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_is_stored_mapped_and_comes_back_as_ipv4() {
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        let words = ip_words(v4);
+        assert_eq!(ip_words("::ffff:10.1.2.3".parse().unwrap()), words);
+        assert_eq!(ip_from_words(words), v4);
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(ip_from_words(ip_words(v6)), v6);
+    }
+}
