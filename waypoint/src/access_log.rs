@@ -113,9 +113,9 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
 /// Renders one access-log line (with trailing newline).
 pub fn format_line(r: &RequestRecord, flags: &str, sent: u64, duration_ms: u64) -> String {
     let mut s = String::with_capacity(256);
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "[{}] \"{} {} {}\" {} {} {} \"-\" {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {}\n",
+        "[{}] \"{} {} {}\" {} {} {} \"-\" {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {}",
         rfc3339(r.start_wall),
         r.method,
         r.path,
