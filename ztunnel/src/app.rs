@@ -68,6 +68,8 @@ pub struct Ztunnel {
     capture: Option<Arc<dyn CaptureHook>>,
     ready: Arc<AtomicBool>,
     admin_stop: CancellationToken,
+    /// Last enrolment error per pod, so retries log a failure once, not every second.
+    failed: Mutex<HashMap<IpAddr, String>>,
     /// Bound (admin, metrics, readiness) addresses, set once the servers are up.
     addrs: std::sync::OnceLock<(SocketAddr, SocketAddr, SocketAddr)>,
 }
@@ -107,6 +109,7 @@ impl Ztunnel {
             capture: opts.capture,
             ready: ready.clone(),
             admin_stop: admin_stop.clone(),
+            failed: Mutex::new(HashMap::new()),
             addrs: std::sync::OnceLock::new(),
         });
         if let Err(e) = zt.reconcile() {
@@ -254,11 +257,17 @@ impl Ztunnel {
                 });
             match r {
                 Ok(p) => {
+                    if self.failed.lock().remove(&ip).is_some() {
+                        tracing::info!(pod = %w.name, "pod enrolled after earlier failures");
+                    }
                     pods.insert(ip, p);
                 }
                 Err(e) => {
                     self.inputs.local_pods.write().remove(&ip);
-                    tracing::error!(pod = %w.name, error = %e, "pod enrolment failed");
+                    let msg = e.to_string();
+                    if self.failed.lock().insert(ip, msg.clone()).as_deref() != Some(&msg) {
+                        tracing::error!(pod = %w.name, error = %msg, "pod enrolment failed (retrying)");
+                    }
                     first_err.get_or_insert(e);
                 }
             }

@@ -65,7 +65,8 @@ pub trait OrigDstSource: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// A table of original destinations filled by tests (or by a harness without eBPF).
+/// A table of original destinations filled by tests (or by a harness without eBPF); falls
+/// back to [`so_original_dst`].
 #[derive(Debug, Default)]
 pub struct OrigDstTable {
     outbound: RwLock<HashMap<(IpAddr, Option<SocketAddr>), SocketAddr>>,
@@ -102,6 +103,14 @@ impl OrigDstSource for OrigDstTable {
             None => local,
         }
     }
+}
+
+/// `SO_ORIGINAL_DST` of a socket redirected by iptables `REDIRECT` (a fallback that lets a
+/// harness without eBPF capture with iptables in the pod namespace).
+pub fn so_original_dst(sock: BorrowedFd<'_>) -> Option<SocketAddr> {
+    let a = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::OriginalDst).ok()?;
+    let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+    Some(SocketAddr::new(ip.into(), u16::from_be(a.sin_port)))
 }
 
 /// Everything a listener needs.
