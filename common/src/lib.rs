@@ -12,6 +12,7 @@ pub mod load;
 pub mod model;
 pub mod resource;
 pub mod source;
+pub mod synth;
 pub mod validate;
 
 pub use diagnostic::{Diagnostic, Severity};
