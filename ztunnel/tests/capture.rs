@@ -239,6 +239,14 @@ fn listen(ns: &Netns, addr: SocketAddr) -> TcpListener {
     ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")))
 }
 
+/// A whole HTTP response with body `name`, written at once so a client's single read sees it.
+fn response(name: &str) -> String {
+    format!(
+        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+        name.len()
+    )
+}
+
 /// Answer one HTTP request on `l` with body `name`; the closure sees the accepted socket
 /// first (to ask for the original destination). Returns what the closure returned.
 fn serve_one<T: Send + 'static>(
@@ -251,11 +259,7 @@ fn serve_one<T: Send + 'static>(
         let seen = inspect(&s);
         let mut buf = [0u8; 1024];
         let _ = s.read(&mut buf);
-        let _ = write!(
-            s,
-            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
-            name.len()
-        );
+        let _ = s.write_all(response(name).as_bytes());
         seen
     })
 }
@@ -267,11 +271,7 @@ fn serve_all(l: TcpListener, name: &'static str) {
             let Ok(mut s) = s else { return };
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
-                name.len()
-            );
+            let _ = s.write_all(response(name).as_bytes());
         }
     });
 }
@@ -616,7 +616,8 @@ fn dual_stack_socket_to_ipv4_is_captured_by_connect6() {
     let script = format!(
         "import socket; s = socket.socket(socket.AF_INET6); s.settimeout(5); \
          s.connect(('::ffff:{}', 80)); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); \
-         print(s.recv(1024).decode().split('\\r\\n\\r\\n')[-1], end='')",
+         data = b''.join(iter(lambda: s.recv(1024), b'')); \
+         print(data.decode().split('\\r\\n\\r\\n')[-1], end='')",
         t.peer_ip
     );
     let out = Command::new("sh")
