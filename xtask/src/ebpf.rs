@@ -67,12 +67,18 @@ pub fn build(release: bool) -> Result<PathBuf> {
         .filter(|t| t.linker_dir.join("bpf-linker").exists())
         .filter(|t| forced.as_deref().is_none_or(|f| f == t.route.to_string()));
 
-    let candidates: Vec<u8> = match (&cached, forced.as_deref()) {
-        (Some(t), _) => vec![t.route],
-        (None, Some("1")) => vec![1],
-        (None, Some("2")) => vec![2],
-        (None, Some(other)) => bail!("{ROUTE_ENV}={other}: expected 1 or 2"),
-        (None, None) => vec![2, 1],
+    // The cached route first; if it stopped working, the others in order of speed.
+    let candidates: Vec<u8> = match forced.as_deref() {
+        Some("1") => vec![1],
+        Some("2") => vec![2],
+        Some(other) => bail!("{ROUTE_ENV}={other}: expected 1 or 2"),
+        None => {
+            let first = cached.as_ref().map(|t| t.route);
+            first
+                .into_iter()
+                .chain([2, 1].into_iter().filter(|r| Some(*r) != first))
+                .collect()
+        }
     };
 
     let mut failures = Vec::new();
