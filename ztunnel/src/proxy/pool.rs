@@ -110,7 +110,8 @@ impl Pool {
     }
 
     /// Opens a tunnel to `authority` on a pooled connection for `key`, dialing with `dial` if no
-    /// connection has a free stream.
+    /// connection has a free stream. A pooled connection that turns out to be dead (peer
+    /// restarted) is evicted and the request retried once on a fresh dial.
     pub async fn connect<F, Fut>(
         &self,
         key: PoolKey,
@@ -119,47 +120,74 @@ impl Pool {
         headers: HeaderMap,
     ) -> Result<PooledTunnel, HboneError>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<H2Client, HboneError>>,
     {
-        let conn = match self.reserve(&key) {
-            Some(c) => c,
-            None => {
-                let lock = self
-                    .inner
-                    .dialing
-                    .lock()
-                    .entry(key.clone())
-                    .or_default()
-                    .clone();
-                let _dialing = lock.lock().await;
-                match self.reserve(&key) {
-                    Some(c) => c,
-                    None => {
-                        let client = dial().await?;
-                        let c = Arc::new(PooledConn {
-                            client,
-                            streams: AtomicUsize::new(1),
-                            idle_since: Mutex::new(Instant::now()),
-                        });
-                        self.inner
-                            .conns
-                            .lock()
-                            .entry(key.clone())
-                            .or_default()
-                            .push(c.clone());
-                        c
-                    }
+        let mut retried = false;
+        loop {
+            let (conn, fresh) = self.checkout(&key, &dial).await?;
+            let guard = StreamGuard(conn.clone());
+            match conn.client.connect(authority, headers.clone()).await {
+                Ok((tunnel, headers)) => {
+                    return Ok(PooledTunnel {
+                        tunnel,
+                        headers,
+                        _guard: guard,
+                    })
                 }
+                Err(HboneError::Http(e)) if !fresh && !retried => {
+                    tracing::debug!(error = %e, "pooled HBONE connection is dead; redialing");
+                    self.evict(&key, &conn);
+                    retried = true;
+                }
+                Err(e) => return Err(e),
             }
-        };
-        let guard = StreamGuard(conn.clone());
-        let (tunnel, headers) = conn.client.connect(authority, headers).await?;
-        Ok(PooledTunnel {
-            tunnel,
-            headers,
-            _guard: guard,
-        })
+        }
+    }
+
+    /// A connection with a reserved stream slot, and whether it was just dialed.
+    async fn checkout<F, Fut>(
+        &self,
+        key: &PoolKey,
+        dial: &F,
+    ) -> Result<(Arc<PooledConn>, bool), HboneError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<H2Client, HboneError>>,
+    {
+        if let Some(c) = self.reserve(key) {
+            return Ok((c, false));
+        }
+        let lock = self
+            .inner
+            .dialing
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _dialing = lock.lock().await;
+        if let Some(c) = self.reserve(key) {
+            return Ok((c, false));
+        }
+        let client = dial().await?;
+        let c = Arc::new(PooledConn {
+            client,
+            streams: AtomicUsize::new(1),
+            idle_since: Mutex::new(Instant::now()),
+        });
+        self.inner
+            .conns
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .push(c.clone());
+        Ok((c, true))
+    }
+
+    fn evict(&self, key: &PoolKey, conn: &Arc<PooledConn>) {
+        if let Some(list) = self.inner.conns.lock().get_mut(key) {
+            list.retain(|c| !Arc::ptr_eq(c, conn));
+        }
     }
 
     /// Number of pooled connections (for tests and `/config_dump`).

@@ -53,7 +53,7 @@ async fn burst_shares_dials_and_respects_stream_limit() {
         tasks.push(tokio::spawn(async move {
             pool.connect(
                 key(),
-                || dial(dials),
+                || dial(dials.clone()),
                 "10.0.0.1:80".parse().unwrap(),
                 HeaderMap::new(),
             )
