@@ -10,6 +10,7 @@ mod support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
@@ -342,4 +343,151 @@ async fn two_nodes_http_over_hbone_is_tls_on_the_wire_and_strict_refuses_plainte
     );
     n1.zt.shutdown().await;
     n2.zt.shutdown().await;
+}
+
+/// A cgroup v2 directory removed on drop.
+struct Cgroup(std::path::PathBuf);
+
+impl Cgroup {
+    fn new(name: &str) -> Cgroup {
+        let p = std::path::Path::new("/sys/fs/cgroup/unified").join(name);
+        let _ = std::fs::remove_dir(&p);
+        std::fs::create_dir_all(&p).expect("cgroup v2 at /sys/fs/cgroup/unified");
+        Cgroup(p)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The real thing: eBPF capture loaded from `target/ebpf/mesh-capture.o` (built by
+/// `cargo xtask build-ebpf`), the application's plain `curl http://<pod B>:8080/` from pod A's
+/// cgroup is captured, tunnelled over HBONE and steered by sk_lookup into pod B's listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebpf_captured_curl_goes_through_both_ztunnels() {
+    use ztunnel::capture::EbpfCapture;
+    let object = ztunnel::redirect::object_path();
+    assert!(
+        object.exists(),
+        "eBPF object {} missing: run `cargo xtask build-ebpf` first",
+        object.display()
+    );
+    let capture = Arc::new(EbpfCapture(Arc::new(
+        ztunnel::redirect::Capture::load(&object).expect("eBPF capture loads"),
+    )));
+    let t = topology();
+    let id = std::process::id() % 100_000;
+    let cg_a = Cgroup::new(&format!("zt{id}-pa"));
+    let cg_b = Cgroup::new(&format!("zt{id}-pb"));
+    let pod = |name: &str, sa: &str, ip: &str, node: &str, ns: &Netns, cg: &Cgroup| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: demo
+  labels: {{app: {name}}}
+  annotations: {{mesh.local/netns: "{}", mesh.local/cgroup: "{}"}}
+spec: {{nodeName: {node}, serviceAccountName: {sa}}}
+status: {{podIP: "{ip}"}}
+---"#,
+            ns.path(),
+            cg.0.display()
+        )
+    };
+    let yaml = [
+        ambient_ns("demo"),
+        pod("client", "client-sa", POD_A, "node1", &t.pa, &cg_a),
+        pod("server", "server-sa", POD_B, "node2", &t.pb, &cg_b),
+    ]
+    .concat();
+    let ca = ca();
+    let start = |name: &'static str| {
+        let capture = capture.clone();
+        let yaml = yaml.clone();
+        let ca = ca.clone();
+        async move {
+            let mut cfg = ztunnel::config::Config::new(name);
+            let lo: IpAddr = "127.0.0.1".parse().unwrap();
+            cfg.admin_addr = SocketAddr::new(lo, 0);
+            cfg.metrics_addr = SocketAddr::new(lo, 0);
+            cfg.readiness_addr = SocketAddr::new(lo, 0);
+            cfg.capture = ztunnel::config::CaptureMode::Ebpf;
+            ztunnel::app::Ztunnel::start(
+                cfg,
+                ztunnel::app::StartOptions {
+                    resources: parse(&yaml),
+                    orig_dst: capture.clone(),
+                    ca: Some(ca),
+                    log_control: None,
+                    capture: Some(capture),
+                },
+            )
+            .await
+            .expect("ztunnel starts")
+        }
+    };
+    let z1 = start("node1").await;
+    let z2 = start("node2").await;
+    assert_eq!(z1.enrolled(), vec![POD_A.parse::<IpAddr>().unwrap()]);
+    assert_eq!(z2.enrolled(), vec![POD_B.parse::<IpAddr>().unwrap()]);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.txt"), "captured-hello").unwrap();
+    let _server = t.pb.spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        "8080",
+        "--bind",
+        "0.0.0.0",
+        "--directory",
+        dir.path().to_str().unwrap(),
+    ]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec ip netns exec {} curl -sS --max-time 10 http://{POD_B}:8080/m.txt",
+        cg_a.0.display(),
+        t.pa.0
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("sh").args(["-c", &script]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "captured curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "captured-hello");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m1 = z1.inputs().metrics.encode();
+    let m2 = z2.inputs().metrics.encode();
+    assert!(
+        metric(
+            &m1,
+            "istio_tcp_connections_opened_total",
+            &["reporter=\"source\""]
+        ) >= 1,
+        "{m1}"
+    );
+    assert!(
+        metric(
+            &m2,
+            "istio_tcp_connections_opened_total",
+            &[
+                "reporter=\"destination\"",
+                "connection_security_policy=\"mutual_tls\"",
+                "source_principal=\"spiffe://cluster.local/ns/demo/sa/client-sa\""
+            ]
+        ) >= 1,
+        "{m2}"
+    );
+    z1.shutdown().await;
+    z2.shutdown().await;
 }
