@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fault;
+pub mod hbone;
 pub mod listener;
 pub mod metrics;
 pub mod outlier;

@@ -3,12 +3,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use waypoint::admin::Port;
 use waypoint::config::{self, MeshSnapshot, ServeScope, WaypointConfig};
+use waypoint::hbone::{HboneAcceptor, HboneConnector};
 use waypoint::Waypoint;
 
 #[derive(Parser, Debug)]
@@ -38,6 +40,13 @@ struct Args {
     /// Disable the per-request access log.
     #[arg(long)]
     no_access_log: bool,
+    /// Mesh CA directory (local mode). Enables HBONE: mTLS tunnels in on `--hbone` and out to
+    /// every endpoint's node on 15008. Without it, upstreams are reached over plain TCP.
+    #[arg(long, env = "WAYPOINT_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// HBONE listener (with `--ca-dir`).
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    hbone: SocketAddr,
     /// Config poll interval in milliseconds.
     #[arg(long, default_value_t = 1000)]
     reload_ms: u64,
@@ -65,7 +74,37 @@ async fn main() -> anyhow::Result<()> {
     };
     let snap = MeshSnapshot::load_dir(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
-    let wp = Waypoint::new(cfg, &snap);
+    // The waypoint's identity is its Gateway's service account (named after the Gateway).
+    let identity = common::Identity::new(&cfg.trust_domain, &args.namespace, &args.name);
+    let hbone = match &args.ca_dir {
+        Some(dir) => {
+            let ca = ztunnel::identity::CaDir::load_or_generate(dir, &cfg.trust_domain)
+                .with_context(|| format!("loading mesh CA from {}", dir.display()))?;
+            Some(ztunnel::identity::CertManager::new(
+                Arc::new(ca),
+                Duration::from_secs(24 * 3600),
+            ))
+        }
+        None => None,
+    };
+    let wp = match &hbone {
+        Some(certs) => Waypoint::with_connector(
+            cfg,
+            &snap,
+            Arc::new(HboneConnector::new(certs.clone(), identity.clone())),
+        ),
+        None => Waypoint::new(cfg, &snap),
+    };
+    if let Some(certs) = &hbone {
+        let l = tokio::net::TcpListener::bind(args.hbone)
+            .await
+            .context("binding HBONE listener")?;
+        let acceptor =
+            HboneAcceptor::start(l, certs.clone(), identity.clone()).context("starting HBONE")?;
+        tracing::info!(hbone = %acceptor.local_addr(), %identity, "HBONE enabled");
+        let server = wp.clone();
+        tokio::spawn(async move { server.serve(acceptor).await });
+    }
     let plain = wp
         .spawn_plaintext(args.listen)
         .await
