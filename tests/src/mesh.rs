@@ -261,6 +261,8 @@ impl Mesh {
             gateway.to_string(),
             "--namespace".into(),
             "default".into(),
+            "--ca-dir".into(),
+            self.ca_dir.display().to_string(),
         ];
         let mut env = self.common_env();
         env.push(("POD_NAME".into(), pod.to_string()));
