@@ -2,20 +2,18 @@
 //!
 //! [`WaypointConfig`] holds the process settings (names, listen addresses, limits) with Istio's
 //! defaults as consts; it is frozen in an `Arc` at start. [`MeshSnapshot`] is the set of
-//! Kubernetes and Istio objects one compilation sees. Until `common`'s model and directory
-//! source land, [`MeshSnapshot::load_dir`] reads a directory of YAML itself (multi-document,
-//! any of the API versions Istio serves); the compiler only depends on the snapshot, so the
-//! switch is local to this file.
+//! Kubernetes and Istio objects one compilation sees, filled by `common`'s loader (which
+//! names file, line, resource and field in every diagnostic and rejects invalid input). The
+//! route compiler reads only the snapshot, so moving it onto `common::model::Model` views
+//! later is local to `MeshSnapshot`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use common::istio::networking::{DestinationRuleSpec, VirtualServiceSpec};
-use common::istio::security::AuthorizationPolicySpec;
 use common::k8s::{Gateway, Namespace, Pod, Service};
-use common::resource::{AuthorizationPolicy, DestinationRule, IstioObject, VirtualService};
-use common::Kind;
+use common::resource::{AuthorizationPolicy, DestinationRule, VirtualService};
+use common::Resource;
 use serde::Serialize;
 
 /// HBONE listener (Istio's port).
@@ -87,117 +85,103 @@ pub struct MeshSnapshot {
     pub authorization_policies: Vec<AuthorizationPolicy>,
 }
 
-/// Why a config directory could not be loaded.
+/// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: document {doc}: {msg}")]
-    Parse {
-        path: PathBuf,
-        doc: usize,
-        msg: String,
-    },
+    /// The loader found errors (each names file, line, resource and field).
+    #[error("configuration rejected:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
 }
 
 impl MeshSnapshot {
-    /// Adds one YAML document (already parsed to a value). Unknown kinds are skipped.
-    pub fn add_value(&mut self, v: serde_yaml::Value) -> Result<(), String> {
-        let api = v
-            .get("apiVersion")
-            .and_then(|a| a.as_str())
-            .unwrap_or("")
-            .to_string();
-        let kind = v
-            .get("kind")
-            .and_then(|a| a.as_str())
-            .unwrap_or("")
-            .to_string();
-        let Some(k) = Kind::from_api(&api, &kind) else {
-            return Ok(());
-        };
-        fn de<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, String> {
-            serde_yaml::from_value(v).map_err(|e| e.to_string())
-        }
-        match k {
-            Kind::Namespace => self.namespaces.push(de(v)?),
-            Kind::Pod => self.pods.push(de(v)?),
-            Kind::Service => self.services.push(de(v)?),
-            Kind::Gateway => self.gateways.push(de(v)?),
-            Kind::VirtualService => self
-                .virtual_services
-                .push(de::<IstioObject<VirtualServiceSpec>>(v)?),
-            Kind::DestinationRule => self
-                .destination_rules
-                .push(de::<IstioObject<DestinationRuleSpec>>(v)?),
-            Kind::AuthorizationPolicy => self
-                .authorization_policies
-                .push(de::<IstioObject<AuthorizationPolicySpec>>(v)?),
-            Kind::PeerAuthentication | Kind::IstioGateway => {}
-        }
-        Ok(())
-    }
-
-    /// Parses multi-document YAML text.
-    pub fn add_yaml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        use serde::Deserialize;
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let v = serde_yaml::Value::deserialize(doc).map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                doc: i + 1,
-                msg: e.to_string(),
-            })?;
-            if v.is_null() {
-                continue;
+    /// Sorts resources into the snapshot. Kinds the waypoint does not read are skipped.
+    pub fn from_resources(resources: Vec<Resource>) -> Self {
+        let mut s = MeshSnapshot::default();
+        for r in resources {
+            match r {
+                Resource::Namespace(o) => s.namespaces.push(o),
+                Resource::Pod(o) => s.pods.push(o),
+                Resource::Service(o) => s.services.push(o),
+                Resource::Gateway(o) => s.gateways.push(o),
+                Resource::VirtualService(o) => s.virtual_services.push(o),
+                Resource::DestinationRule(o) => s.destination_rules.push(o),
+                Resource::AuthorizationPolicy(o) => s.authorization_policies.push(o),
+                Resource::PeerAuthentication(_) | Resource::IstioGateway(_) => {}
             }
-            self.add_value(v).map_err(|msg| ConfigError::Parse {
-                path: path.to_path_buf(),
-                doc: i + 1,
-                msg,
-            })?;
         }
+        s
+    }
+
+    /// Adds the resources of multi-document YAML `text` (tests and in-memory configs), parsed by
+    /// `common`'s loader like a file named `path`.
+    pub fn add_yaml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let loaded = common::load::load_str(path, text);
+        let more = accept(loaded)?;
+        let MeshSnapshot {
+            namespaces,
+            services,
+            pods,
+            gateways,
+            virtual_services,
+            destination_rules,
+            authorization_policies,
+        } = more;
+        self.namespaces.extend(namespaces);
+        self.services.extend(services);
+        self.pods.extend(pods);
+        self.gateways.extend(gateways);
+        self.virtual_services.extend(virtual_services);
+        self.destination_rules.extend(destination_rules);
+        self.authorization_policies.extend(authorization_policies);
         Ok(())
     }
 
-    /// Loads every `*.yaml` / `*.yml` under `dir` (recursively, sorted for stable order).
+    /// Loads a directory with `common`'s loader (which caches unchanged files across calls).
+    /// Errors reject the whole snapshot, so the caller keeps serving the last good one.
+    pub fn load_dir_with(
+        loader: &mut common::load::Loader,
+        dir: &Path,
+    ) -> Result<Self, ConfigError> {
+        accept(loader.load_dir(dir))
+    }
+
+    /// Loads a directory once.
     pub fn load_dir(dir: &Path) -> Result<Self, ConfigError> {
-        let mut snap = MeshSnapshot::default();
-        for path in yaml_files(dir)? {
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            snap.add_yaml(&text, &path)?;
-        }
-        Ok(snap)
+        accept(common::load::load_dir(dir))
     }
 }
 
-fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let io = |source| ConfigError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
+fn accept(loaded: common::load::Loaded) -> Result<MeshSnapshot, ConfigError> {
+    if loaded.has_errors() {
+        return Err(ConfigError::Invalid(
+            loaded.errors().map(|d| d.to_string()).collect(),
+        ));
+    }
+    for w in loaded.warnings() {
+        tracing::warn!("{w}");
+    }
+    Ok(MeshSnapshot::from_resources(loaded.resources))
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io)? {
-        let p = e.map_err(io)?.path();
-        if p.is_dir() {
-            out.extend(yaml_files(&p)?);
-        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-            out.push(p);
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(yaml_files(&p));
+            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                out.push(p);
+            }
         }
     }
     out.sort();
-    Ok(out)
+    out
 }
 
 /// A cheap fingerprint of a config directory (names, sizes, mtimes) for change polling.
 pub fn dir_fingerprint(dir: &Path) -> Option<Vec<(PathBuf, u64, SystemTime)>> {
-    let files = yaml_files(dir).ok()?;
-    files
+    yaml_files(dir)
         .into_iter()
         .map(|p| {
             let m = std::fs::metadata(&p).ok()?;
@@ -220,20 +204,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loads_every_fixture() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/istio");
-        let dir = if dir.exists() {
-            dir
-        } else {
-            PathBuf::from("/work/shared/fixtures/istio")
-        };
-        let s = MeshSnapshot::load_dir(&dir).unwrap();
-        assert!(
-            s.virtual_services.len() >= 10,
-            "{}",
-            s.virtual_services.len()
-        );
-        assert!(s.destination_rules.len() >= 5);
-        assert!(s.authorization_policies.len() >= 4);
+    fn loads_every_fixture_file() {
+        // Each file loads on its own (together they define some resources twice, which the
+        // loader rightly rejects).
+        let (mut vs, mut dr, mut ap) = (0, 0, 0);
+        for path in yaml_files(Path::new("/work/shared/fixtures/istio")) {
+            let mut s = MeshSnapshot::default();
+            s.add_yaml(&std::fs::read_to_string(&path).unwrap(), &path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            vs += s.virtual_services.len();
+            dr += s.destination_rules.len();
+            ap += s.authorization_policies.len();
+        }
+        assert!(vs >= 10 && dr >= 5 && ap >= 4, "{vs} {dr} {ap}");
     }
 }

@@ -72,7 +72,8 @@ async fn main() -> anyhow::Result<()> {
         access_log: !args.no_access_log,
         ..Default::default()
     };
-    let snap = MeshSnapshot::load_dir(&args.config)
+    let mut loader = common::load::Loader::new();
+    let snap = MeshSnapshot::load_dir_with(&mut loader, &args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
     // The waypoint's identity is its Gateway's service account (named after the Gateway).
     let identity = common::Identity::new(&cfg.trust_domain, &args.namespace, &args.name);
@@ -142,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         last = now;
-        match MeshSnapshot::load_dir(&args.config) {
+        match MeshSnapshot::load_dir_with(&mut loader, &args.config) {
             Ok(s) => {
                 wp.update(&s);
                 tracing::info!(
