@@ -1,0 +1,70 @@
+//! `tcp-throughput`: iperf3 pod to pod across nodes, one stream and eight, direct versus
+//! through two ztunnels (HBONE mTLS). The ratio is taken per run, so a noisy neighbour slows
+//! both sides of it alike.
+
+use anyhow::Result;
+
+use super::report::Report;
+use super::setup::{Bench, Want};
+use super::{tools, Opts};
+
+const SCENARIO: &str = "tcp-throughput";
+const IPERF_PORT: u16 = 5201;
+
+pub fn run(opts: &Opts, report: &mut Report) -> Result<()> {
+    let mut b = Bench::new(Want {
+        ztunnels: true,
+        waypoint: false,
+    })?;
+    for srv in ["srv-direct", "srv"] {
+        let argv: Vec<String> = ["iperf3", "-s", "-p", &IPERF_PORT.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        b.spawn(&format!("iperf3-{srv}"), srv, &argv)?;
+        b.wait_port(srv, IPERF_PORT)?;
+    }
+    let secs = opts.secs(5).to_string();
+    for run in 0..opts.runs {
+        for (streams, label) in [(1u32, "1 stream"), (8, "8 streams")] {
+            println!("  run {}: {label}", run + 1);
+            let p = streams.to_string();
+            let iperf = |b: &Bench, client: &str, server: &str| -> Result<f64> {
+                let ip = b.ip(server).to_string();
+                let out = b.mesh.exec(
+                    client,
+                    &[
+                        "iperf3", "-c", &ip, "-p", "5201", "-t", &secs, "-P", &p, "-J",
+                    ],
+                )?;
+                tools::iperf3_gbits(&out.stdout)
+            };
+            let direct = iperf(&b, "cli-direct", "srv-direct");
+            let mesh = b.through_mesh(|b| iperf(b, "cli", "srv"));
+            let ratio = match (&direct, &mesh) {
+                (Ok(d), Ok(m)) => Ok(m / d),
+                (_, Err(e)) | (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
+            };
+            report.record(SCENARIO, label, "direct", "Gbit/s", direct);
+            report.record(SCENARIO, label, "ztunnels", "Gbit/s", mesh);
+            report.record(
+                SCENARIO,
+                &format!("{label} ratio"),
+                "ztunnels/direct",
+                "×",
+                ratio,
+            );
+        }
+    }
+    report.target(SCENARIO, "1 stream", "ztunnels", "Gbit/s", "≥ 10 (issue 8)");
+    for label in ["1 stream", "8 streams"] {
+        report.target(
+            SCENARIO,
+            &format!("{label} ratio"),
+            "ztunnels/direct",
+            "×",
+            "≥ 0.70",
+        );
+    }
+    Ok(())
+}
