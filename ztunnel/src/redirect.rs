@@ -11,6 +11,12 @@
 //! - [`Capture::original_dst`] with a socket accepted on the pod's outbound listener
 //!   (127.0.0.1:15001 in the pod's namespace): where the application meant to connect.
 //! - [`Capture::counters`]: captured/passed/errors per program, for metrics.
+//! - Sockmap fast path (issue 8, off by default): [`Capture::load_with`] with
+//!   [`CaptureOptions::fastpath`] (or [`FASTPATH_ENV`]`=on` for [`Capture::load`]);
+//!   [`Capture::accelerate`] registers ztunnel's own in-pod sockets (the one accepted on 15001,
+//!   the delivery socket) before ztunnel writes to them; [`Capture::decelerate`] takes a
+//!   connection off it; [`Capture::fastpath_counters`] and [`Capture::fastpath_status`] for
+//!   metrics and `/config_dump`. See ebpf/README.md ("Sockmap fast path").
 //!
 //! # What is captured
 //! - Outbound: TCP connects from processes in the pod's cgroup to anything but loopback, and
@@ -44,6 +50,7 @@
 mod attach;
 mod counters;
 mod error;
+mod fastpath;
 mod log;
 mod sys;
 
@@ -66,6 +73,10 @@ use parking_lot::Mutex;
 pub use attach::{PodAttachment, PodCaptureSpec, PodCaptureState};
 pub use counters::{CaptureCounters, ProgramCounters};
 pub use error::RedirectError;
+pub use fastpath::{
+    enabled_from_env as fastpath_enabled_from_env, parse_switch, FastpathCounters, FastpathStatus,
+    FASTPATH_ENV,
+};
 
 /// Environment variable naming the eBPF object to load.
 pub const OBJECT_ENV: &str = "MESH_EBPF_OBJECT";
@@ -87,6 +98,23 @@ pub fn object_path() -> PathBuf {
         .join(DEFAULT_OBJECT)
 }
 
+/// Load-time choices of [`Capture::load_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureOptions {
+    /// Put enrolled pods' in-namespace connections on the sockmap fast path. Off by default:
+    /// see ebpf/README.md for what it keeps and what it cannot.
+    pub fastpath: bool,
+}
+
+impl CaptureOptions {
+    /// Options from the environment: [`FASTPATH_ENV`] (`on`/`off`, default off).
+    pub fn from_env() -> Self {
+        CaptureOptions {
+            fastpath: fastpath::enabled_from_env(),
+        }
+    }
+}
+
 /// The loaded capture programs and their maps; one per ztunnel process.
 pub struct Capture {
     shared: Arc<Shared>,
@@ -101,6 +129,7 @@ struct Shared {
     /// never waits for an enrolment.
     by_peer: Mutex<HashMap<MapData, PeerKey, OrigDst>>,
     counters: PerCpuArray<MapData, u64>,
+    fastpath: fastpath::Fastpath,
     /// Declared last: dropped after the maps and programs it reads logs of.
     _log: Option<log::LogPump>,
 }
@@ -119,9 +148,15 @@ struct Inner {
 }
 
 impl Capture {
-    /// Load the object at `object` (see [`object_path`]) and its programs into the kernel.
-    /// Nothing is attached yet.
+    /// Load the object at `object` (see [`object_path`]) and its programs into the kernel,
+    /// with [`CaptureOptions::from_env`]. Nothing is attached yet.
     pub fn load(object: &Path) -> Result<Capture, RedirectError> {
+        Self::load_with(object, CaptureOptions::from_env())
+    }
+
+    /// [`Capture::load`] with explicit options. A fast path that cannot be set up is not an
+    /// error: [`Capture::fastpath_status`] says why and traffic takes the normal path.
+    pub fn load_with(object: &Path, options: CaptureOptions) -> Result<Capture, RedirectError> {
         let bytes = std::fs::read(object).map_err(|source| RedirectError::ObjectMissing {
             path: object.to_path_buf(),
             source,
@@ -146,6 +181,7 @@ impl Capture {
         let by_peer = take_map(&mut ebpf, maps::ORIG_DST_BY_PEER)?;
         let listeners = take_map(&mut ebpf, maps::LISTENERS)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
+        let fastpath = fastpath::Fastpath::setup(&mut ebpf, options.fastpath);
         tracing::info!(object = %object.display(), "eBPF capture programs loaded");
         Ok(Capture {
             shared: Arc::new(Shared {
@@ -161,6 +197,7 @@ impl Capture {
                 }),
                 by_peer: Mutex::new(by_peer),
                 counters,
+                fastpath,
                 _log: log,
             }),
         })
@@ -183,6 +220,32 @@ impl Capture {
     /// Counters of all programs, summed over CPUs.
     pub fn counters(&self) -> CaptureCounters {
         self.shared.counters()
+    }
+
+    /// Put one of ztunnel's own in-pod sockets on the fast path: the socket accepted on a
+    /// pod's outbound listener, or the socket ztunnel delivers to the application from. Call
+    /// it before writing to the socket (a direction whose first byte finds no peer stays on
+    /// TCP for good). `Ok(false)`: nothing to do (fast path off or unavailable, or the
+    /// connection leaves the namespace). The socket leaves the map by itself when closed.
+    pub fn accelerate(&self, sock: BorrowedFd<'_>) -> Result<bool, RedirectError> {
+        self.shared.fastpath.accelerate(sock)
+    }
+
+    /// Take the connection of `sock` (either end) off the fast path in both directions; bytes
+    /// already handed over stay readable and in order, later ones take TCP. The sockets stay
+    /// in the map until closed: deleting one would discard bytes queued for its reader.
+    pub fn decelerate(&self, sock: BorrowedFd<'_>) -> Result<(), RedirectError> {
+        self.shared.fastpath.decelerate(sock)
+    }
+
+    /// Whether the fast path is off, active or could not be set up (and why).
+    pub fn fastpath_status(&self) -> &FastpathStatus {
+        self.shared.fastpath.status()
+    }
+
+    /// Fast path counters (accelerated sockets and bytes, fallbacks), summed over CPUs.
+    pub fn fastpath_counters(&self) -> FastpathCounters {
+        self.shared.fastpath.counters()
     }
 }
 

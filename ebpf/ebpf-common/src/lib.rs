@@ -26,6 +26,8 @@ pub mod programs {
     pub const CONNECT6: &str = "mesh_connect6";
     pub const SOCK_OPS: &str = "mesh_sock_ops";
     pub const SK_LOOKUP: &str = "mesh_sk_lookup";
+    /// The fast path's `sk_msg` verdict program, attached to the `FLOWS` sockhash.
+    pub const SK_MSG: &str = "mesh_sk_msg";
 }
 
 /// Names of the maps in the object (the Rust static names in `ebpf/programs`).
@@ -46,9 +48,15 @@ pub mod maps {
     pub const LISTENERS: &str = "LISTENERS";
     /// `PERCPU_ARRAY<u64>` indexed by [`crate::counter`].
     pub const COUNTERS: &str = "COUNTERS";
-    // Reserved for the sockmap fast path (issue 8): `SOCKHASH<FlowKey, socket>` filled by the
-    // same sock_ops program at ACTIVE/PASSIVE_ESTABLISHED for pod<->ztunnel loopback flows.
-    // pub const FLOWS: &str = "FLOWS";
+    /// `SOCKHASH<FlowKey, socket>`: both ends of in-namespace connections (pod <-> ztunnel,
+    /// pod <-> pod) for the sockmap fast path. Pod sockets are added by sock_ops at
+    /// ACTIVE/PASSIVE_ESTABLISHED, ztunnel's by ztunnel (`Capture::accelerate`).
+    pub const FLOWS: &str = "FLOWS";
+    /// `LRU_HASH<FlowKey, u8>`: sending directions that must stay on the normal TCP path
+    /// (a byte already went that way, or ztunnel took the connection off the fast path).
+    pub const FLOW_FALLBACK: &str = "FLOW_FALLBACK";
+    /// `PERCPU_ARRAY<u64>` indexed by [`crate::fastpath`].
+    pub const FASTPATH_COUNTERS: &str = "FASTPATH_COUNTERS";
 }
 
 /// Map capacities. LRU maps bound memory when ztunnel never reads an entry (client gave up).
@@ -57,6 +65,26 @@ pub mod capacity {
     pub const EXCLUDED_PORTS: u32 = 16384;
     pub const ORIG_DST: u32 = 65536;
     pub const LISTENERS: u32 = 2 * PODS;
+    /// Sockets on the fast path (two per connection).
+    pub const FLOWS: u32 = 65536;
+    pub const FLOW_FALLBACK: u32 = 65536;
+}
+
+/// Indexes into the `FASTPATH_COUNTERS` per-CPU array.
+pub mod fastpath {
+    /// Sockets sock_ops put into `FLOWS` (pod side).
+    pub const SOCKETS_ADDED: u32 = 0;
+    /// Sockets sock_ops could not add (map full, unsupported socket state).
+    pub const ADD_ERRORS: u32 = 1;
+    /// sendmsg chunks and bytes handed straight to the peer socket.
+    pub const MSGS_REDIRECTED: u32 = 2;
+    pub const BYTES_REDIRECTED: u32 = 3;
+    /// Bytes of sockets in `FLOWS` that took the normal TCP path.
+    pub const BYTES_PASSED: u32 = 4;
+    /// Sending directions that fell back for good (peer not in `FLOWS` at their first byte).
+    pub const DIRECTIONS_FELL_BACK: u32 = 5;
+    /// Number of slots in the array.
+    pub const LEN: u32 = 6;
 }
 
 /// Indexes into the `COUNTERS` per-CPU array: `program * 3 + outcome`.
@@ -91,6 +119,8 @@ pub mod flags {
     pub const CAPTURE_IPV6: u32 = 1 << 2;
     /// `PodConfig::health_check_src` is set: inbound from it is never steered.
     pub const HAS_HEALTH_CHECK_SRC: u32 = 1 << 3;
+    /// Put the pod's in-namespace connections on the sockmap fast path (issue 8).
+    pub const FASTPATH: u32 = 1 << 4;
 }
 
 /// Kinds of in-pod listener, the second half of a [`ListenerKey`].
@@ -199,6 +229,37 @@ pub struct ListenerKey {
     pub _pad: u32,
 }
 
+/// Key of `FLOWS` and `FLOW_FALLBACK`: one end of a TCP connection, from that socket's point
+/// of view. The peer's key is the same with local and remote swapped, which is how `sk_msg`
+/// finds where to send. The netns cookie is needed because every pod's loopback connections
+/// use 127.0.0.1 and ephemeral ports collide between pods.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub netns_cookie: u64,
+    pub local_ip: IpWords,
+    pub remote_ip: IpWords,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    pub _pad: u32,
+}
+
+impl FlowKey {
+    /// The key of the other end of the same connection.
+    pub const fn peer(&self) -> FlowKey {
+        FlowKey {
+            netns_cookie: self.netns_cookie,
+            local_ip: self.remote_ip,
+            remote_ip: self.local_ip,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            _pad: 0,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all these are #[repr(C)] plain data with explicit padding fields, so every byte
@@ -208,6 +269,7 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
 }
 
 #[cfg(test)]
@@ -221,6 +283,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<OrigDst>(), 24);
         assert_eq!(core::mem::size_of::<PeerKey>(), 32);
         assert_eq!(core::mem::size_of::<ListenerKey>(), 16);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 48);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 #![no_main]
 
 mod counters;
+mod fastpath;
 mod inbound;
 mod maps;
 mod outbound;

@@ -5,7 +5,10 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
 };
-use ebpf_common::{capacity, counter, IpWords, ListenerKey, OrigDst, PeerKey, PodConfig, PortKey};
+use ebpf_common::{
+    capacity, counter, fastpath, FlowKey, IpWords, ListenerKey, OrigDst, PeerKey, PodConfig,
+    PortKey,
+};
 
 /// Enrolled network namespaces (by netns cookie); written by ztunnel only.
 #[map]
@@ -38,3 +41,18 @@ pub static LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(capacit
 /// Outcome counters, see `ebpf_common::counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+/// Fast path: both ends of in-namespace connections; the `sk_msg` program is attached here.
+#[map]
+pub static FLOWS: SockHash<FlowKey> = SockHash::with_max_entries(capacity::FLOWS, 0);
+
+/// Fast path: sending directions pinned to the normal TCP path. LRU: entries of closed
+/// connections are never deleted explicitly (a new connection on the same 4-tuple clears its
+/// own key when it is registered).
+#[map]
+pub static FLOW_FALLBACK: LruHashMap<FlowKey, u8> =
+    LruHashMap::with_max_entries(capacity::FLOW_FALLBACK, 0);
+
+/// Fast path counters, see `ebpf_common::fastpath`.
+#[map]
+pub static FASTPATH_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fastpath::LEN, 0);

@@ -17,7 +17,9 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
+    bindings::{
+        bpf_sock_addr, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+    },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockOpsContext},
@@ -62,12 +64,17 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
 
 #[sock_ops]
 pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        // Other callbacks are not ours; counting them would drown the interesting numbers.
-        return 1;
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        let result = try_sock_ops(&ctx);
+        count(counter::PROG_SOCK_OPS, &result);
     }
-    let result = try_sock_ops(&ctx);
-    count(counter::PROG_SOCK_OPS, &result);
+    // Both sides of an in-pod connection may go on the fast path: the application's client
+    // socket (active) and its accepted socket for ztunnel's delivery (passive).
+    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        crate::fastpath::register(&ctx);
+    }
+    // Other callbacks are not ours; counting them would drown the interesting numbers.
     1
 }
 

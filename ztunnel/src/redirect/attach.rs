@@ -243,6 +243,11 @@ fn fill(
         flags: flags::CAPTURE_OUTBOUND | flags::CAPTURE_INBOUND,
         ..PodConfig::default()
     };
+    // Pods enrolled while the fast path runs get it for their in-namespace connections;
+    // connections already on it keep it until they close, even after detach.
+    if att.shared.fastpath.active() {
+        config.flags |= flags::FASTPATH;
+    }
     if let Some(src) = pod.health_check_src {
         config.health_check_src = sys::ip_words(src);
         config.flags |= flags::HAS_HEALTH_CHECK_SRC;

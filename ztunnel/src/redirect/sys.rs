@@ -98,6 +98,14 @@ pub fn ip_from_words(words: IpWords) -> IpAddr {
     }
 }
 
+/// The local address of a socket.
+pub fn local_addr(sock: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    socket2::SockRef::from(&sock)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+}
+
 /// The peer address of a connected socket.
 pub fn peer_addr(sock: BorrowedFd<'_>) -> io::Result<SocketAddr> {
     socket2::SockRef::from(&sock)

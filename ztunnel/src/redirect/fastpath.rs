@@ -1,0 +1,246 @@
+//! The sockmap fast path (issue 8), userspace side: attaches the `sk_msg` program to the
+//! `FLOWS` sockhash, registers ztunnel's own in-pod sockets in it, and reads its counters.
+//!
+//! Pod sockets are registered by the kernel (`sock_ops` on the pod cgroup, at ESTABLISHED).
+//! ztunnel's sockets are not in any pod cgroup, so ztunnel registers them here through their
+//! fd ([`super::Capture::accelerate`]): the socket accepted on the outbound listener, and the
+//! socket it delivers to the application from. It must do so before it writes to them: the
+//! first byte of a direction decides for the rest of the connection whether that direction is
+//! redirected (see `ebpf/programs/src/fastpath.rs` for why it can never switch back).
+//!
+//! It is an accelerator: if the program cannot be loaded or attached, capture still works,
+//! [`FastpathStatus::Unavailable`] says why, and nothing is registered.
+
+use std::{
+    net::SocketAddr,
+    os::fd::{AsRawFd, BorrowedFd},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, SockHash},
+    programs::SkMsg,
+    Ebpf,
+};
+use ebpf_common::{fastpath as slot, maps, programs, FlowKey};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::{program, sys, take_map, RedirectError};
+
+/// Environment variable switching the fast path: `on` or `off` (the default).
+pub const FASTPATH_ENV: &str = "MESH_FASTPATH";
+
+/// Whether the fast path runs, for `/config_dump` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum FastpathStatus {
+    /// Switched off (flag or [`FASTPATH_ENV`]); traffic takes the loopback TCP path.
+    Off,
+    /// The `sk_msg` program is attached; pods enrolled from now on are accelerated.
+    Active,
+    /// Switched on but could not be set up (old kernel, verifier); traffic takes the normal
+    /// path. The reason is the kernel's or the verifier's.
+    Unavailable(String),
+}
+
+/// Fast path counters since the programs were loaded (all pods together).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct FastpathCounters {
+    /// 1 if the fast path was switched on but could not be set up, else 0 (a gauge to alert on).
+    pub setup_failed: u64,
+    /// Pod sockets the kernel put on the fast path (each accelerated connection has one).
+    pub pod_sockets: u64,
+    /// ztunnel sockets put on the fast path through [`super::Capture::accelerate`].
+    pub ztunnel_sockets: u64,
+    /// Pod sockets that could not be added (map full).
+    pub add_errors: u64,
+    /// Writes and bytes handed straight to the peer socket.
+    pub msgs_redirected: u64,
+    pub bytes_redirected: u64,
+    /// Bytes written on fast-path sockets that took the normal TCP path anyway.
+    pub bytes_passed: u64,
+    /// Connection directions pinned to TCP because their first byte found no peer socket.
+    pub directions_fell_back: u64,
+}
+
+/// Parse a switch value (`on`/`off`, also `true`/`false`, `1`/`0`).
+pub fn parse_switch(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Some(true),
+        "off" | "false" | "0" | "no" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// [`FASTPATH_ENV`] as a switch; unset or unparsable means off (an unparsable value is
+/// logged: an accelerator should never stop ztunnel from starting).
+pub fn enabled_from_env() -> bool {
+    let Ok(value) = std::env::var(FASTPATH_ENV) else {
+        return false;
+    };
+    parse_switch(&value).unwrap_or_else(|| {
+        tracing::warn!("{FASTPATH_ENV}={value:?} is not on/off; fast path stays off");
+        false
+    })
+}
+
+/// The fast path's maps and state; part of the capture's shared state.
+pub(crate) struct Fastpath {
+    status: FastpathStatus,
+    /// `None` unless [`FastpathStatus::Active`].
+    maps: Option<Maps>,
+    added_by_ztunnel: AtomicU64,
+}
+
+struct Maps {
+    flows: Mutex<SockHash<MapData, FlowKey>>,
+    fallback: Mutex<HashMap<MapData, FlowKey, u8>>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Fastpath {
+    /// Attach the `sk_msg` program to `FLOWS` if `enabled`. Never fails: a fast path that
+    /// cannot be set up is reported in the status and counters, and capture goes on without.
+    pub(crate) fn setup(ebpf: &mut Ebpf, enabled: bool) -> Fastpath {
+        let (status, maps) = if !enabled {
+            (FastpathStatus::Off, None)
+        } else {
+            match attach(ebpf) {
+                Ok(maps) => (FastpathStatus::Active, Some(maps)),
+                Err(e) => {
+                    tracing::warn!("sockmap fast path unavailable, using the normal path: {e}");
+                    (FastpathStatus::Unavailable(e.to_string()), None)
+                }
+            }
+        };
+        Fastpath {
+            status,
+            maps,
+            added_by_ztunnel: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn status(&self) -> &FastpathStatus {
+        &self.status
+    }
+
+    pub(crate) fn active(&self) -> bool {
+        self.maps.is_some()
+    }
+
+    /// Register one of ztunnel's sockets. `Ok(false)` when there is nothing to do: the fast
+    /// path is off, or the connection does not stay inside one namespace.
+    pub(crate) fn accelerate(&self, sock: BorrowedFd<'_>) -> Result<bool, RedirectError> {
+        let Some(maps) = &self.maps else {
+            return Ok(false);
+        };
+        let Some(key) = flow_key(sock)? else {
+            return Ok(false);
+        };
+        // A previous connection on the same 4-tuple may have left its pin behind (LRU).
+        let _ = maps.fallback.lock().remove(&key);
+        maps.flows
+            .lock()
+            .insert(key, sock.as_raw_fd(), 0)
+            .map_err(|e| RedirectError::kernel("adding a socket to the FLOWS sockhash", e))?;
+        self.added_by_ztunnel.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Take the connection of `sock` off the fast path in both directions, keeping every
+    /// byte already redirected readable, in order (see the module docs of the programs).
+    pub(crate) fn decelerate(&self, sock: BorrowedFd<'_>) -> Result<(), RedirectError> {
+        let Some(maps) = &self.maps else {
+            return Ok(());
+        };
+        let Some(key) = flow_key(sock)? else {
+            return Ok(());
+        };
+        let mut fallback = maps.fallback.lock();
+        for k in [key, key.peer()] {
+            fallback
+                .insert(k, 1, 0)
+                .map_err(|e| RedirectError::kernel("pinning a flow to the TCP path", e))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn counters(&self) -> FastpathCounters {
+        let mut c = FastpathCounters {
+            setup_failed: u64::from(matches!(self.status, FastpathStatus::Unavailable(_))),
+            ztunnel_sockets: self.added_by_ztunnel.load(Ordering::Relaxed),
+            ..FastpathCounters::default()
+        };
+        let Some(maps) = &self.maps else {
+            return c;
+        };
+        let read = |index: u32| -> u64 {
+            maps.counters
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        c.pod_sockets = read(slot::SOCKETS_ADDED);
+        c.add_errors = read(slot::ADD_ERRORS);
+        c.msgs_redirected = read(slot::MSGS_REDIRECTED);
+        c.bytes_redirected = read(slot::BYTES_REDIRECTED);
+        c.bytes_passed = read(slot::BYTES_PASSED);
+        c.directions_fell_back = read(slot::DIRECTIONS_FELL_BACK);
+        c
+    }
+}
+
+fn attach(ebpf: &mut Ebpf) -> Result<Maps, RedirectError> {
+    let flows: SockHash<MapData, FlowKey> = take_map(ebpf, maps::FLOWS)?;
+    let fallback = take_map(ebpf, maps::FLOW_FALLBACK)?;
+    let counters = take_map(ebpf, maps::FASTPATH_COUNTERS)?;
+    let p: &mut SkMsg = program(ebpf, programs::SK_MSG)?;
+    p.load()
+        .map_err(|e| super::load_error(programs::SK_MSG, e))?;
+    // The link lives as long as the program, i.e. the `Ebpf` in the capture's shared state.
+    p.attach(flows.fd())
+        .map_err(|e| RedirectError::kernel("attaching mesh_sk_msg to the FLOWS sockhash", e))?;
+    Ok(Maps {
+        flows: Mutex::new(flows),
+        fallback: Mutex::new(fallback),
+        counters,
+    })
+}
+
+/// The `FLOWS` key of a connected socket, or `None` if its two ends have different addresses
+/// (the connection leaves the namespace, so there is no peer socket to hand bytes to).
+fn flow_key(sock: BorrowedFd<'_>) -> Result<Option<FlowKey>, RedirectError> {
+    let io = |what: &str, e: std::io::Error| RedirectError::Kernel {
+        operation: format!("reading the {what} of a socket to accelerate"),
+        source: Box::new(e),
+    };
+    let local: SocketAddr = sys::local_addr(sock).map_err(|e| io("local address", e))?;
+    let remote: SocketAddr = sys::peer_addr(sock).map_err(|e| io("peer address", e))?;
+    let netns_cookie = sys::netns_cookie(sock).map_err(|e| io("netns cookie", e))?;
+    let (local_ip, remote_ip) = (sys::ip_words(local.ip()), sys::ip_words(remote.ip()));
+    if local_ip != remote_ip {
+        return Ok(None);
+    }
+    Ok(Some(FlowKey {
+        netns_cookie,
+        local_ip,
+        remote_ip,
+        local_port: local.port(),
+        remote_port: remote.port(),
+        _pad: 0,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switch_values() {
+        assert_eq!(parse_switch("on"), Some(true));
+        assert_eq!(parse_switch(" OFF "), Some(false));
+        assert_eq!(parse_switch("1"), Some(true));
+        assert_eq!(parse_switch("maybe"), None);
+    }
+}
