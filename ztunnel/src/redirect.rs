@@ -238,6 +238,14 @@ impl Capture {
         self.shared.fastpath.decelerate(sock)
     }
 
+    /// Delete `sock` from the fast path's sockhash outright. Not for ztunnel: bytes queued for
+    /// the socket's reader are discarded by the kernel (use [`Capture::decelerate`]); kept for
+    /// the test that documents it.
+    #[doc(hidden)]
+    pub fn fastpath_forget(&self, sock: BorrowedFd<'_>) -> Result<(), RedirectError> {
+        self.shared.fastpath.forget(sock)
+    }
+
     /// Whether the fast path is off, active or could not be set up (and why).
     pub fn fastpath_status(&self) -> &FastpathStatus {
         self.shared.fastpath.status()

@@ -166,6 +166,17 @@ impl Fastpath {
         Ok(())
     }
 
+    /// Delete the socket's entry from `FLOWS` (see `Capture::fastpath_forget`).
+    pub(crate) fn forget(&self, sock: BorrowedFd<'_>) -> Result<(), RedirectError> {
+        let (Some(maps), Some(key)) = (&self.maps, flow_key(sock)?) else {
+            return Ok(());
+        };
+        maps.flows
+            .lock()
+            .remove(&key)
+            .map_err(|e| RedirectError::kernel("deleting a socket from FLOWS", e))
+    }
+
     pub(crate) fn counters(&self) -> FastpathCounters {
         let mut c = FastpathCounters {
             setup_failed: u64::from(matches!(self.status, FastpathStatus::Unavailable(_))),
