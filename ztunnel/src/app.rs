@@ -48,7 +48,10 @@ pub trait CaptureHook: Send + Sync {
 
 /// Everything [`Ztunnel::start`] needs besides the config.
 pub struct StartOptions {
+    /// Initial configuration as objects (tests)...
     pub resources: Vec<Resource>,
+    /// ...or as a `common` model snapshot (the binary's directory source); wins if set.
+    pub model: Option<Arc<common::model::Model>>,
     pub orig_dst: Arc<dyn OrigDstSource>,
     /// Use this CA instead of `cfg.ca_dir` (tests share one CA between nodes in memory).
     pub ca: Option<Arc<CaDir>>,
@@ -85,11 +88,10 @@ impl Ztunnel {
             (None, None) => Arc::new(CaDir::generate_in_memory(&cfg.trust_domain)?),
         };
         let certs = CertManager::new(ca, cfg.cert_lifetime);
-        let state = StateHandle::new(ProxyState::build(
-            &opts.resources,
-            &cfg.trust_domain,
-            &cfg.cluster,
-        ));
+        let state = StateHandle::new(match &opts.model {
+            Some(m) => ProxyState::from_model(m, &cfg.cluster),
+            None => ProxyState::build(&opts.resources, &cfg.trust_domain, &cfg.cluster),
+        });
         let inputs = ProxyInputs {
             pool: Pool::new(cfg.pool_max_streams, cfg.pool_idle_timeout),
             cfg: cfg.clone(),
@@ -222,6 +224,16 @@ impl Ztunnel {
     /// Tries again to enrol pods whose enrolment failed (netns not there yet, ...).
     pub fn retry_enrolment(&self) -> Result<(), AppError> {
         self.reconcile()
+    }
+
+    /// Replaces the configuration with a `common` model snapshot (the directory source's).
+    pub fn update_model(&self, model: &common::model::Model) {
+        self.inputs
+            .state
+            .store(ProxyState::from_model(model, &self.inputs.cfg.cluster));
+        if let Err(e) = self.reconcile() {
+            tracing::error!(error = %e, "enrolment after config change failed");
+        }
     }
 
     fn reconcile(&self) -> Result<(), AppError> {

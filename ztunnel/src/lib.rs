@@ -13,6 +13,5 @@ pub mod inpod;
 pub mod metrics;
 pub mod proxy;
 pub mod redirect;
-pub mod source;
 pub mod state;
 pub mod tls;

@@ -2,6 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use common::model::BuildOptions;
+use common::source::dir::{DirSource, DirSourceOptions};
+use common::source::ConfigSource;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,27 +83,13 @@ fn init_logging() -> ztunnel::admin::LogControl {
     })
 }
 
-fn analyze(dir: &std::path::Path) -> anyhow::Result<()> {
-    let resources = ztunnel::source::load_dir(dir)?;
-    let st = ztunnel::state::ProxyState::build(&resources, "cluster.local", "Kubernetes");
-    println!(
-        "{}: {} resources, {} workloads, {} service VIPs, {} authorization policies, {} peer authentications",
-        dir.display(),
-        resources.len(),
-        st.workloads.len(),
-        st.services.len(),
-        st.authorizations.len(),
-        st.peer_auths.len()
-    );
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let log = init_logging();
     if let Some(Cmd::Analyze { dir }) = &cli.cmd {
-        return analyze(dir);
+        let code = common::analyze::run_cli(dir, &mut std::io::stdout());
+        std::process::exit(code);
     }
     let node = cli.node.clone().context("--node is required")?;
     let dir = cli.config.clone().context("--config is required")?;
@@ -137,12 +126,22 @@ async fn main() -> anyhow::Result<()> {
                 (c.clone(), Some(c))
             }
         };
-    let resources = ztunnel::source::load_dir(&dir)
+    // The directory source validates, hot reloads and keeps the last good model serving.
+    let opts = DirSourceOptions {
+        build: BuildOptions {
+            trust_domain: cfg.trust_domain.clone(),
+            ..BuildOptions::default()
+        },
+        ..DirSourceOptions::default()
+    };
+    let source = DirSource::start(&dir, opts)
+        .await
         .with_context(|| format!("loading config from {}", dir.display()))?;
     let zt = Ztunnel::start(
         cfg,
         StartOptions {
-            resources,
+            resources: Vec::new(),
+            model: Some(source.current()),
             orig_dst,
             ca: None,
             log_control: Some(log),
@@ -150,28 +149,25 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-
-    // Hot reload: poll the directory; a bad config is logged and the last good one keeps serving.
-    let reload_zt = zt.clone();
+    let mut models = source.subscribe();
+    let follow = zt.clone();
     tokio::spawn(async move {
-        let mut last = ztunnel::source::fingerprint(&dir);
+        let mut retry = tokio::time::interval(Duration::from_secs(2));
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = ztunnel::source::fingerprint(&dir);
-            if now == last {
-                if let Err(e) = reload_zt.retry_enrolment() {
-                    tracing::debug!(error = %e, "enrolment retry");
+            tokio::select! {
+                changed = models.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let model = models.borrow_and_update().clone();
+                    tracing::info!("configuration changed");
+                    follow.update_model(&model);
                 }
-                continue;
-            }
-            last = now;
-            match ztunnel::source::load_dir(&dir) {
-                Ok(r) => {
-                    tracing::info!(resources = r.len(), "config reloaded");
-                    reload_zt.update(&r);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "config reload failed; keeping the last good config")
+                _ = retry.tick() => {
+                    // Pods whose netns appeared after their Pod object get enrolled now.
+                    if let Err(e) = follow.retry_enrolment() {
+                        tracing::debug!(error = %e, "enrolment retry");
+                    }
                 }
             }
         }

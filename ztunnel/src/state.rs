@@ -8,7 +8,8 @@ pub mod policy;
 
 use crate::identity::Identity;
 use arc_swap::ArcSwap;
-use common::k8s::{IntOrString, Labels, Pod, Service as K8sService, DATAPLANE_MODE_LABEL};
+use common::k8s::Labels;
+use common::model::{BuildOptions, Model};
 use common::resource::Resource;
 use policy::{Authorization, PeerAuth, Target};
 use std::collections::{BTreeMap, HashMap};
@@ -41,11 +42,6 @@ pub struct Workload {
     pub excluded_outbound_ports: Vec<u16>,
     /// Inbound ports left uncaptured (`traffic.sidecar.istio.io/excludeInboundPorts`).
     pub excluded_inbound_ports: Vec<u16>,
-}
-
-fn port_list(v: Option<&String>) -> Vec<u16> {
-    v.map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect())
-        .unwrap_or_default()
 }
 
 impl Workload {
@@ -107,156 +103,82 @@ pub struct ProxyState {
     pub peer_auths: Vec<PeerAuth>,
 }
 
-fn pod_to_workload(pod: &Pod, ambient_ns: &HashMap<String, bool>, td: &str) -> Option<Workload> {
-    let ip = pod
-        .status
-        .pod_ip
-        .or_else(|| pod.status.pod_ips.first().map(|p| p.ip))?;
-    let ns = pod.metadata.namespace_or_default().to_string();
-    let sa = pod
-        .spec
-        .service_account_name
-        .clone()
-        .or_else(|| pod.spec.service_account.clone())
-        .unwrap_or_else(|| "default".into());
-    let labels = pod.metadata.labels.clone();
-    let enrolled = match labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
-        Some("ambient") => true,
-        Some("none") => false,
-        _ => ambient_ns.get(&ns).copied().unwrap_or(false),
-    };
-    let ann = &pod.metadata.annotations;
-    let named_ports = pod
-        .spec
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter())
-        .filter_map(|p| Some((p.name.clone()?, p.container_port)))
-        .collect();
-    Some(Workload {
-        name: pod.metadata.name.clone(),
-        identity: Identity::new(td, &ns, &sa),
-        canonical_name: labels
-            .get("app")
-            .cloned()
-            .unwrap_or_else(|| pod.metadata.name.clone()),
-        canonical_revision: labels
-            .get("version")
-            .cloned()
-            .unwrap_or_else(|| "latest".into()),
-        namespace: ns,
-        ip,
-        node: pod.spec.node_name.clone().unwrap_or_default(),
-        service_account: sa,
-        labels,
-        enrolled,
-        netns: ann.get(common::k8s::NETNS_ANNOTATION).map(PathBuf::from),
-        cgroup: ann.get(common::k8s::CGROUP_ANNOTATION).map(PathBuf::from),
-        named_ports,
-        excluded_outbound_ports: port_list(ann.get(common::k8s::EXCLUDE_OUTBOUND_PORTS_ANNOTATION)),
-        excluded_inbound_ports: port_list(ann.get(common::k8s::EXCLUDE_INBOUND_PORTS_ANNOTATION)),
-    })
-}
-
-fn service_from(svc: &K8sService, workloads: &HashMap<IpAddr, Arc<Workload>>) -> Service {
-    let ns = svc.metadata.namespace_or_default();
-    let mut vips: Vec<IpAddr> = svc
-        .spec
-        .cluster_ips
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    if let Some(ip) = svc.spec.cluster_ip.as_ref().and_then(|s| s.parse().ok()) {
-        if !vips.contains(&ip) {
-            vips.insert(0, ip);
-        }
-    }
-    let ports = svc
-        .spec
-        .ports
-        .iter()
-        .map(|p| ServicePort {
-            port: p.port,
-            target: match &p.target_port {
-                Some(IntOrString::Int(n)) => TargetPort::Number(*n as u16),
-                Some(IntOrString::String(s)) => match s.parse() {
-                    Ok(n) => TargetPort::Number(n),
-                    Err(_) => TargetPort::Named(s.clone()),
-                },
-                None => TargetPort::Number(p.port),
-            },
-        })
-        .collect();
-    let mut endpoints: Vec<IpAddr> = match &svc.spec.selector {
-        Some(sel) if !sel.is_empty() => workloads
-            .values()
-            .filter(|w| w.namespace == ns && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-            .map(|w| w.ip)
-            .collect(),
-        _ => vec![],
-    };
-    endpoints.sort();
-    Service {
-        name: svc.metadata.name.clone(),
-        namespace: ns.to_string(),
-        hostname: format!("{}.{}.svc.cluster.local", svc.metadata.name, ns),
-        vips,
-        ports,
-        endpoints,
-    }
-}
-
 impl ProxyState {
-    /// Builds the snapshot from Kubernetes and Istio objects.
+    /// Builds the snapshot from Kubernetes and Istio objects (through `common`'s model
+    /// builder, the same path the directory source takes).
     pub fn build(resources: &[Resource], trust_domain: &str, cluster: &str) -> ProxyState {
-        let ambient_ns: HashMap<String, bool> = resources
-            .iter()
-            .filter_map(|r| match r {
-                Resource::Namespace(n) => Some((
-                    n.metadata.name.clone(),
-                    n.metadata
-                        .labels
-                        .get(DATAPLANE_MODE_LABEL)
-                        .map(String::as_str)
-                        == Some("ambient"),
-                )),
-                _ => None,
-            })
-            .collect();
-        let mut st = ProxyState {
+        let opts = BuildOptions {
             trust_domain: trust_domain.to_string(),
+            ..BuildOptions::default()
+        };
+        Self::from_model(&Model::build_with(resources.to_vec(), &opts), cluster)
+    }
+
+    /// Adapts a `common` model snapshot: workloads and services keyed by IP, policies compiled.
+    pub fn from_model(model: &Model, cluster: &str) -> ProxyState {
+        let mut st = ProxyState {
+            trust_domain: model.trust_domain.clone(),
             cluster: cluster.to_string(),
             ..Default::default()
         };
-        for r in resources {
-            match r {
-                Resource::Pod(p) => {
-                    if let Some(w) = pod_to_workload(p, &ambient_ns, trust_domain) {
-                        st.workloads.insert(w.ip, Arc::new(w));
-                    }
-                }
-                Resource::AuthorizationPolicy(p) => {
-                    st.authorizations.extend(Authorization::compile(
-                        p.namespace(),
-                        p.name(),
-                        &p.spec,
-                    ));
-                }
-                Resource::PeerAuthentication(p) => {
-                    st.peer_auths
-                        .push(PeerAuth::compile(p.namespace(), p.name(), &p.spec));
-                }
-                _ => {}
+        for w in model.workloads() {
+            let labels = w.labels.clone();
+            let wl = Workload {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                ip: w.ip,
+                node: w.node.clone().unwrap_or_default(),
+                service_account: w.service_account.clone(),
+                identity: w.identity.clone(),
+                canonical_name: labels.get("app").cloned().unwrap_or_else(|| w.name.clone()),
+                canonical_revision: labels
+                    .get("version")
+                    .cloned()
+                    .unwrap_or_else(|| "latest".into()),
+                labels,
+                enrolled: w.captured,
+                netns: w.netns.clone(),
+                cgroup: w.cgroup.clone(),
+                named_ports: w.container_ports.clone(),
+                excluded_outbound_ports: w.excluded_outbound_ports.clone(),
+                excluded_inbound_ports: w.excluded_inbound_ports.clone(),
+            };
+            st.workloads.insert(wl.ip, Arc::new(wl));
+        }
+        for s in model.services() {
+            let svc = Arc::new(Service {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                hostname: s.hostname.clone(),
+                vips: s.vips.clone(),
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        port: p.port,
+                        target: match (&p.target_port, &p.target_port_name) {
+                            (Some(n), _) => TargetPort::Number(*n),
+                            (None, Some(name)) => TargetPort::Named(name.clone()),
+                            (None, None) => TargetPort::Number(p.port),
+                        },
+                    })
+                    .collect(),
+                endpoints: model.endpoints(s).map(|w| w.ip).collect(),
+            });
+            for vip in &svc.vips {
+                st.services.insert(*vip, svc.clone());
             }
         }
-        for r in resources {
-            if let Resource::Service(s) = r {
-                let svc = Arc::new(service_from(s, &st.workloads));
-                for vip in &svc.vips {
-                    st.services.insert(*vip, svc.clone());
-                }
-            }
-        }
+        st.authorizations = model
+            .authorization_policies()
+            .iter()
+            .filter_map(|p| Authorization::compile(p.namespace(), p.name(), &p.spec))
+            .collect();
+        st.peer_auths = model
+            .peer_authentications()
+            .iter()
+            .map(|p| PeerAuth::compile(p.namespace(), p.name(), &p.spec))
+            .collect();
         st
     }
 

@@ -101,8 +101,10 @@ fn topology() -> Topology {
         nix::unistd::geteuid().is_root(),
         "the namespaced tier must run as root (it is never skipped)"
     );
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let id = std::process::id() % 100_000;
-    let n = |s: &str| format!("zt{id}{s}");
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let n = |s: &str| format!("zt{id}{k}{s}");
     let (n1, n2, pa, pb) = (
         Netns::new(n("n1")),
         Netns::new(n("n2")),
@@ -379,9 +381,8 @@ async fn ebpf_captured_curl_goes_through_both_ztunnels() {
         ztunnel::redirect::Capture::load(&object).expect("eBPF capture loads"),
     )));
     let t = topology();
-    let id = std::process::id() % 100_000;
-    let cg_a = Cgroup::new(&format!("zt{id}-pa"));
-    let cg_b = Cgroup::new(&format!("zt{id}-pb"));
+    let cg_a = Cgroup::new(&format!("{}-cg", t.pa.0));
+    let cg_b = Cgroup::new(&format!("{}-cg", t.pb.0));
     let pod = |name: &str, sa: &str, ip: &str, node: &str, ns: &Netns, cg: &Cgroup| {
         format!(
             r#"
@@ -421,6 +422,7 @@ status: {{podIP: "{ip}"}}
                 cfg,
                 ztunnel::app::StartOptions {
                     resources: parse(&yaml),
+                    model: None,
                     orig_dst: capture.clone(),
                     ca: Some(ca),
                     log_control: None,

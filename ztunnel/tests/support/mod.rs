@@ -109,6 +109,7 @@ pub async fn node(
         cfg,
         StartOptions {
             resources,
+            model: None,
             orig_dst: orig.clone(),
             ca: Some(ca),
             log_control: None,
