@@ -485,7 +485,8 @@ status: {{podIP: "{ip}"}}
             &[
                 "reporter=\"destination\"",
                 "connection_security_policy=\"mutual_tls\"",
-                "source_principal=\"spiffe://cluster.local/ns/demo/sa/client-sa\""
+                "source_principal=\"spiffe://cluster.local/ns/demo/sa/client-sa\"",
+                "source_workload=\"client\""
             ]
         ) >= 1,
         "{m2}"

@@ -123,7 +123,9 @@ async fn handle_connect(
         dst,
     };
     let st = inputs.state.load();
-    let src_wl = remote.and_then(|r| st.workload(r.ip()).cloned());
+    let src_wl = remote
+        .and_then(|r| st.workload(r.ip()).cloned())
+        .or_else(|| st.workload(peer.ip()).cloned());
     let svc = st
         .services
         .values()

@@ -27,8 +27,16 @@ pub async fn run(inputs: ProxyInputs, ctx: Arc<PodCtx>, listener: Arc<TcpListene
     .await;
 }
 
-async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, peer: SocketAddr) {
+async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, raw_peer: SocketAddr) {
+    let peer = raw_peer;
     let Ok(local) = tcp.local_addr() else { return };
+    // Captured connections reach 127.0.0.1:15001, so the kernel gave them a loopback source;
+    // the client is the pod itself.
+    let peer = if peer.ip().is_loopback() {
+        SocketAddr::new(ctx.workload.ip, peer.port())
+    } else {
+        peer
+    };
     let Some(orig) = inputs
         .orig_dst
         .outbound(ctx.workload.ip, tcp.as_fd(), peer, local)
