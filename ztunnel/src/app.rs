@@ -40,6 +40,10 @@ pub enum AppError {
 /// the capture attached until dropped.
 pub trait CaptureHook: Send + Sync {
     fn attach(&self, pod: &PodProxy) -> Result<Box<dyn Any + Send + Sync>, String>;
+    /// Extra Prometheus text appended to `/metrics` (capture counters).
+    fn metrics_text(&self) -> String {
+        String::new()
+    }
     /// What `/config_dump` shows for an attachment.
     fn describe(&self, _attachment: &(dyn Any + Send + Sync)) -> serde_json::Value {
         serde_json::Value::Null
@@ -119,11 +123,25 @@ impl Ztunnel {
             tracing::error!(error = %e, "initial enrolment incomplete");
         }
         let metrics = inputs.metrics.clone();
+        let capture = zt.capture.clone();
         let metrics_addr = admin::serve(cfg.metrics_addr, admin_stop.clone(), move |req| {
             let metrics = metrics.clone();
+            let capture = capture.clone();
             async move {
                 match req.uri().path() {
-                    "/metrics" | "/stats/prometheus" => text(StatusCode::OK, metrics.encode()),
+                    "/metrics" | "/stats/prometheus" => {
+                        let mut body = metrics.encode();
+                        if let Some(c) = capture {
+                            // Keep `# EOF` (OpenMetrics) last.
+                            let extra = c.metrics_text();
+                            if let Some(pos) = body.rfind("# EOF") {
+                                body.insert_str(pos, &extra);
+                            } else {
+                                body.push_str(&extra);
+                            }
+                        }
+                        text(StatusCode::OK, body)
+                    }
                     _ => text(StatusCode::NOT_FOUND, "not found\n"),
                 }
             }

@@ -57,6 +57,35 @@ impl CaptureHook for EbpfCapture {
         Ok(Box::new(a))
     }
 
+    fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let c = self.0.counters();
+        let mut out = String::new();
+        for (kind, help) in [
+            ("captured", "Connections captured by the eBPF programs"),
+            ("passed", "Connections the eBPF programs left alone"),
+            (
+                "errors",
+                "Connections left alone because of a capture failure",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP ztunnel_ebpf_{kind} {help}.");
+            let _ = writeln!(out, "# TYPE ztunnel_ebpf_{kind} counter");
+            for (program, p) in c.by_program() {
+                let v = match kind {
+                    "captured" => p.captured,
+                    "passed" => p.passed,
+                    _ => p.errors,
+                };
+                let _ = writeln!(
+                    out,
+                    "ztunnel_ebpf_{kind}_total{{program=\"{program}\"}} {v}"
+                );
+            }
+        }
+        out
+    }
+
     fn describe(&self, attachment: &(dyn Any + Send + Sync)) -> serde_json::Value {
         attachment
             .downcast_ref::<PodAttachment>()

@@ -491,6 +491,22 @@ status: {{podIP: "{ip}"}}
         ) >= 1,
         "{m2}"
     );
+    let body = http_get(z2.metrics_addr(), "/metrics").await;
+    assert!(
+        body.contains("ztunnel_ebpf_captured_total{program=\"sk_lookup\"}"),
+        "{body}"
+    );
     z1.shutdown().await;
     z2.shutdown().await;
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }
