@@ -78,6 +78,8 @@ pub struct RespBody {
     bytes: u64,
     lease: Option<Lease>,
     completion: Option<Box<Completion>>,
+    /// Released when the response ends (circuit-breaker slot, in-flight count).
+    held: Option<Box<dyn Send + Sync>>,
     done: bool,
 }
 
@@ -88,6 +90,7 @@ impl RespBody {
             bytes: 0,
             lease,
             completion: None,
+            held: None,
             done: false,
         }
     }
@@ -99,6 +102,7 @@ impl RespBody {
             bytes: 0,
             lease: None,
             completion: None,
+            held: None,
             done: false,
         }
     }
@@ -112,10 +116,16 @@ impl RespBody {
         self.completion = Some(c);
     }
 
+    /// Keeps `h` alive until the response ends.
+    pub fn hold(&mut self, h: Box<dyn Send + Sync>) {
+        self.held = Some(h);
+    }
+
     fn finish(&mut self) {
         if let Some(l) = self.lease.take() {
             l.release();
         }
+        self.held = None;
     }
 }
 
@@ -175,6 +185,7 @@ impl Drop for RespBody {
         // An unfinished HTTP/1 response leaves the connection mid-message; the lease drops
         // it unreturned.
         self.lease = None;
+        self.held = None;
         if let Some(c) = self.completion.take() {
             c.complete(self.bytes, complete);
         }

@@ -488,14 +488,16 @@ async fn forward(
 
     // === phase 4: response filter ===
     match result {
-        Ok((resp, lease)) => {
+        Ok((resp, lease, held)) => {
             let (mut rp, rb) = resp.into_parts();
             strip_hop_by_hop(&mut rp.headers);
             route.headers.response.apply(&mut rp.headers);
             wc.headers.response.apply(&mut rp.headers);
             rp.version = Version::HTTP_11;
             rec.details = "via_upstream";
-            Response::from_parts(rp, RespBody::upstream(rb, lease))
+            let mut body = RespBody::upstream(rb, lease);
+            body.hold(Box::new(held));
+            Response::from_parts(rp, body)
         }
         Err(e) => {
             let flag = e.response_flag();
@@ -514,7 +516,15 @@ async fn forward(
     }
 }
 
-type AttemptResult = Result<(Response<Incoming>, Option<pool::Lease>), ProxyError>;
+/// What a successful attempt keeps alive until the response body ends: the circuit-breaker
+/// request slot and the endpoint's in-flight count (so `http2MaxRequests` and LEAST_REQUEST see
+/// streaming responses as active).
+struct Held {
+    _request: crate::pool_limits::Permit,
+    _active: ActiveGuard,
+}
+
+type AttemptResult = Result<(Response<Incoming>, Option<pool::Lease>, Held), ProxyError>;
 
 async fn attempts(
     inputs: &Arc<ProxyInputs>,
@@ -530,7 +540,7 @@ async fn attempts(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0u32;
     loop {
-        let _request_permit = breaker
+        let request_permit = breaker
             .try_request(&cluster.limits)
             .ok_or_else(|| ProxyError::new(ErrorKind::Overflow))?;
         let Some(ep) = balance::pick(cluster, &tried, conn.original_dst, Instant::now()) else {
@@ -554,7 +564,10 @@ async fn attempts(
                 .unwrap_or_else(|_| Err(ProxyError::new(ErrorKind::PerTryTimeout))),
             None => send.await,
         };
-        drop(active);
+        let held = Held {
+            _request: request_permit,
+            _active: active,
+        };
 
         if let Some(oc) = &cluster.outlier {
             let obs = match &res {
@@ -580,7 +593,7 @@ async fn attempts(
             Err(e) => Outcome::Error(e),
         };
         if !policy.should_retry(&outcome) {
-            return res;
+            return res.map(|(r, l)| (r, l, held));
         }
         // A streamed body was consumed by this attempt: it cannot be sent again.
         let replayable = prepared.replay.is_some();
@@ -591,9 +604,10 @@ async fn attempts(
         };
         if retry_permit.is_none() {
             rec.flags.push("URX");
-            return res;
+            return res.map(|(r, l)| (r, l, held));
         }
         drop(res);
+        drop(held);
         attempt += 1;
         let backoff = policy.backoff(attempt, &mut rand::thread_rng());
         tokio::time::sleep(backoff).await;
