@@ -26,6 +26,7 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
     EbpfContext,
 };
+use aya_log_ebpf::debug;
 use ebpf_common::{fastpath, flags, v4_mapped, FlowKey, IpWords};
 
 use crate::maps::{FASTPATH_COUNTERS, FLOWS, FLOW_FALLBACK, POD_CONFIG};
@@ -110,7 +111,15 @@ pub fn register(ctx: &SockOpsContext) {
     let _ = FLOW_FALLBACK.remove(&key);
     // SAFETY: the context is the kernel's valid bpf_sock_ops for this callback.
     match FLOWS.update(&mut key, unsafe { &mut *ops }, BPF_ANY) {
-        Ok(()) => add(fastpath::SOCKETS_ADDED, 1),
+        Ok(()) => {
+            add(fastpath::SOCKETS_ADDED, 1);
+            debug!(
+                ctx,
+                "fastpath: registered local port {} remote port {}",
+                key.local_port,
+                key.remote_port
+            );
+        }
         Err(_) => add(fastpath::ADD_ERRORS, 1),
     }
 }
@@ -171,6 +180,12 @@ pub fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
         // only cost acceleration; with a failed pin the next send could overtake this one,
         // and nothing better than TCP exists to fall back to, so the insert is best effort.
         let _ = FLOW_FALLBACK.insert(&own, &1, 0);
+        debug!(
+            &ctx,
+            "sk_msg: no peer for local port {} remote port {}, direction pinned to TCP",
+            own.local_port,
+            own.remote_port
+        );
         add(fastpath::DIRECTIONS_FELL_BACK, 1);
         add(fastpath::BYTES_PASSED, u64::from(size));
     }

@@ -167,6 +167,12 @@ impl Mesh {
             "{} missing: run `cargo xtask build-ebpf` (these tests never skip)",
             object.display()
         );
+        // eBPF debug logs through tracing, shown with --nocapture (RUST_LOG overrides).
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "ebpf=debug".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
         let cap = Capture::load_with(&object, CaptureOptions { fastpath })
             .unwrap_or_else(|e| panic!("loading the programs (tests must run as root): {e}"));
         let expected = if fastpath {
