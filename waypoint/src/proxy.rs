@@ -149,77 +149,81 @@ pub async fn handle(
         None => source.as_ref().map(|s| s.principal.clone()),
     };
     let src = |f: fn(&WorkloadInfo) -> Arc<str>| source.as_deref().map_or_else(unknown, f);
-    let mut rec = RequestRecord {
-        start: Instant::now(),
-        start_wall: SystemTime::now(),
-        method: parts.method.clone(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string(),
-        protocol: match parts.version {
-            Version::HTTP_2 => "HTTP/2",
-            Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
-        },
-        authority: authority.clone(),
-        user_agent: parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from),
-        request_id: parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-            .unwrap_or_else(request_id),
-        forwarded_for: parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from),
-        downstream_local: conn.local,
-        downstream_remote: conn.peer,
-        status: 0,
-        flags: Vec::new(),
-        details: "-",
-        upstream_host: None,
-        upstream_cluster: None,
-        upstream_time_ms: None,
-        route_name: None,
-        attempts: 0,
-        request_bytes: 0,
-        request_bytes_counter: None,
-        labels: RequestLabels {
-            source_workload: src(|w| w.name.clone()),
-            source_workload_namespace: src(|w| w.namespace.clone()),
-            source_principal: principal.clone().unwrap_or_else(unknown),
-            source_app: src(|w| w.app.clone()),
-            source_version: src(|w| w.version.clone()),
-            destination_workload: unknown(),
-            destination_workload_namespace: unknown(),
-            destination_principal: unknown(),
-            destination_app: unknown(),
-            destination_version: unknown(),
-            destination_service: unknown(),
-            destination_service_name: unknown(),
-            destination_service_namespace: unknown(),
-            request_protocol: if parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
-            {
-                "grpc"
-            } else {
-                "http"
+    let mut inflight = InFlight(Some(Box::new(Completion {
+        telemetry: inputs.telemetry.clone(),
+        record: RequestRecord {
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+            method: parts.method.clone(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            protocol: match parts.version {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
             },
-            response_code: 0,
-            grpc_response_status: Arc::from(""),
-            response_flags: Arc::from("-"),
+            authority: authority.clone(),
+            user_agent: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+            request_id: parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+                .unwrap_or_else(request_id),
+            forwarded_for: parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+            downstream_local: conn.local,
+            downstream_remote: conn.peer,
+            status: 0,
+            flags: Vec::new(),
+            details: "-",
+            upstream_host: None,
+            upstream_cluster: None,
+            upstream_time_ms: None,
+            route_name: None,
+            attempts: 0,
+            request_bytes: 0,
+            request_bytes_counter: None,
+            labels: RequestLabels {
+                source_workload: src(|w| w.name.clone()),
+                source_workload_namespace: src(|w| w.namespace.clone()),
+                source_principal: principal.clone().unwrap_or_else(unknown),
+                source_app: src(|w| w.app.clone()),
+                source_version: src(|w| w.version.clone()),
+                destination_workload: unknown(),
+                destination_workload_namespace: unknown(),
+                destination_principal: unknown(),
+                destination_app: unknown(),
+                destination_version: unknown(),
+                destination_service: unknown(),
+                destination_service_name: unknown(),
+                destination_service_namespace: unknown(),
+                request_protocol: if parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
+                {
+                    "grpc"
+                } else {
+                    "http"
+                },
+                response_code: 0,
+                grpc_response_status: Arc::from(""),
+                response_flags: Arc::from("-"),
+            },
         },
-    };
+    })));
+    let rec = &mut inflight.0.as_mut().expect("set above").record;
     let dst_port = conn.original_dst.map_or(conn.local.port(), |a| a.port());
     let mut resp = match tables.find_vhost(&authority, Some(dst_port)) {
         None => {
@@ -240,7 +244,7 @@ pub async fn handle(
                 principal.as_deref(),
                 parts,
                 body,
-                &mut rec,
+                rec,
             )
             .await
         }
@@ -253,11 +257,22 @@ pub async fn handle(
     {
         rec.labels.grpc_response_status = Arc::from(g);
     }
-    resp.body_mut().set_completion(Box::new(Completion {
-        record: rec,
-        telemetry: inputs.telemetry.clone(),
-    }));
+    if let Some(c) = inflight.0.take() {
+        resp.body_mut().set_completion(c);
+    }
     resp
+}
+
+/// Completes the telemetry of a request whose handler is dropped before it produced a
+/// response (the client went away): logged with status 0 and `DC`, as Envoy does.
+struct InFlight(Option<Box<Completion>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.complete(0, false);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

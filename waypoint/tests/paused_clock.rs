@@ -212,3 +212,21 @@ async fn fault_delay_fixture_delays_two_seconds() {
         "{e:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn client_gone_mid_request_is_logged_with_dc() {
+    let h = Harness::new(
+        &[&vs("")],
+        support::always(Behavior::Delay(Duration::from_secs(10))),
+    )
+    .await;
+    assert!(tokio::time::timeout(Duration::from_secs(1), h.get("app"))
+        .await
+        .is_err());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = h._wp.inputs().telemetry.metrics.encode();
+    assert!(
+        m.contains("response_code=\"0\"") && m.contains("response_flags=\"DC\""),
+        "{m}"
+    );
+}
