@@ -27,7 +27,13 @@ impl OrigDstSource for EbpfCapture {
         _peer: SocketAddr,
         _local: SocketAddr,
     ) -> Option<SocketAddr> {
-        self.0.original_dst(sock)
+        let dst = self.0.original_dst(sock)?;
+        // Sockmap fast path (issue 8, a no-op unless MESH_FASTPATH=on): the accepted socket
+        // must be registered before the proxy's first write to it.
+        if let Err(e) = self.0.accelerate(sock) {
+            tracing::debug!("fast path not set up for an outbound connection: {e}");
+        }
+        Some(dst)
     }
 }
 
