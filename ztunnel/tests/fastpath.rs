@@ -259,6 +259,15 @@ fn bench_in_pod_hop_throughput() {
         eagain(&down, on);
         let gbit =
             |o: &fastpath_env::AppOutput, key: &str| o.u64(key) as f64 * 8.0 / o.f64("secs") / 1e9;
+        let echo = "10.255.255.1:7";
+        let rr = app(&mesh, "pingpong", &[echo, "20000", "1024"]);
+        eagain(&rr, on);
+        eprintln!(
+            "BENCH fastpath={} 1 KiB round trip p50 {} us p99 {} us",
+            if on { "on" } else { "off" },
+            rr.u64("p50_us"),
+            rr.u64("p99_us")
+        );
         eprintln!(
             "BENCH fastpath={} upload {:.1} Gbit/s download {:.1} Gbit/s counters {:?}",
             if on { "on" } else { "off" },
@@ -287,6 +296,7 @@ fn app_process() {
         "down" => download(&mut s, &args),
         "reset" => reset(&mut s),
         "small" => small(&mut s, &args),
+        "pingpong" => pingpong(&mut s, &args),
         other => panic!("unknown mode {other}"),
     };
     let spurious = SPURIOUS_EAGAIN.load(Ordering::Relaxed);
@@ -344,7 +354,9 @@ fn upload(s: &mut TcpStream, args: &[String]) -> String {
     let total: u64 = args[1].parse().unwrap();
     let chunk: usize = args[2].parse().unwrap();
     // The peer address is the capture's 127.0.0.1:15001; the destination asked for tells.
-    let greet = args[0].ends_with(&format!(":{HASH_SINK_GREET}"));
+    let greet = [HASH_SINK_GREET, fastpath_env::ports::RELAY_SINK]
+        .iter()
+        .any(|p| args[0].ends_with(&format!(":{p}")));
     if greet {
         let mut b = [0u8; 1];
         read_exact(s, &mut b).expect("greeting");
@@ -422,6 +434,27 @@ fn reset(s: &mut TcpStream) -> String {
         }
     };
     format!("outcome={outcome} before={before}")
+}
+
+/// `args[1]` round trips of `args[2]` bytes through the relay's echo; latency percentiles.
+fn pingpong(s: &mut TcpStream, args: &[String]) -> String {
+    let rounds: usize = args[1].parse().unwrap();
+    let size: usize = args[2].parse().unwrap();
+    let mut b = [0u8; 1];
+    read_exact(s, &mut b).expect("greeting");
+    s.set_nodelay(true).unwrap();
+    let msg = vec![7u8; size];
+    let mut back = vec![0u8; size];
+    let mut rtts = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        s.write_all(&msg).unwrap();
+        read_exact(s, &mut back).expect("echo");
+        rtts.push(t.elapsed().as_nanos() as u64);
+    }
+    rtts.sort_unstable();
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize] / 1000;
+    format!("p50_us={} p99_us={}", pct(0.5), pct(0.99))
 }
 
 /// `args[1]` writes of a decimal sequence number and a newline each, then half-close.

@@ -108,7 +108,7 @@ pub fn register(ctx: &SockOpsContext) {
         _pad: 0,
     };
     // A previous connection on the same 4-tuple may have left its pin behind (LRU).
-    let _ = FLOW_FALLBACK.remove(&key);
+    let _ = FLOW_FALLBACK.remove(key);
     // SAFETY: the context is the kernel's valid bpf_sock_ops for this callback.
     match FLOWS.update(&mut key, unsafe { &mut *ops }, BPF_ANY) {
         Ok(()) => {
@@ -166,7 +166,7 @@ pub fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
         _pad: 0,
     };
     // SAFETY: only tests presence.
-    if unsafe { FLOW_FALLBACK.get(&own).is_some() } {
+    if unsafe { FLOW_FALLBACK.get(own).is_some() } {
         add(fastpath::BYTES_PASSED, u64::from(size));
         return SK_PASS;
     }
@@ -179,7 +179,7 @@ pub fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
         // of this direction (see the module docs). Without the pin, a failed insert would
         // only cost acceleration; with a failed pin the next send could overtake this one,
         // and nothing better than TCP exists to fall back to, so the insert is best effort.
-        let _ = FLOW_FALLBACK.insert(&own, &1, 0);
+        let _ = FLOW_FALLBACK.insert(own, 1, 0);
         debug!(
             &ctx,
             "sk_msg: no peer for local port {} remote port {}, direction pinned to TCP",

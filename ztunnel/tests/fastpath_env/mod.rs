@@ -40,7 +40,10 @@ pub mod ports {
     /// Greets, checks decimal sequence lines to EOF, replies `ok <n>` or `bad at <i>`.
     pub const SEQUENCE: u16 = 7005;
     /// Destination ports the relay serves itself (in-pod hop alone): discard and chargen.
+    /// The relay greets with one byte first, so the application writes after registration.
     pub const RELAY_SINK: u16 = 9;
+    /// Echo at the relay (greets first too): request/response latency of the hop.
+    pub const RELAY_ECHO: u16 = 7;
     pub const RELAY_SOURCE: u16 = 19;
 }
 
@@ -250,7 +253,22 @@ fn relay_one(cap: Arc<Capture>, cfg: Relay, client: TcpStream, done: &AtomicU64)
     // Before the first write, so the download direction is redirected from its first byte.
     cap.accelerate(client.as_fd()).expect("accelerate");
     match orig.port() {
+        ports::RELAY_ECHO => {
+            let _ = (&client).write_all(b"G");
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match (&client).read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if (&client).write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         ports::RELAY_SINK => {
+            let _ = (&client).write_all(b"G");
             let n = std::io::copy(&mut &client, &mut std::io::sink()).unwrap_or(0);
             let _ = (&client).write_all(format!("{n}").as_bytes());
             return;
