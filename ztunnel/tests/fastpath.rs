@@ -19,7 +19,7 @@ mod fastpath_env;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpStream},
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd},
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
@@ -216,6 +216,51 @@ fn leaving_the_fast_path_mid_stream_keeps_the_stream() {
     });
 }
 
+/// The destination side: ztunnel's delivery socket (created in the pod's namespace, source =
+/// pod IP) to the application's server socket. The delivery socket is registered with
+/// `accelerate` before its first write, the application's accepted socket by the kernel.
+#[test]
+fn delivery_to_the_application_keeps_every_byte() {
+    both(|on| {
+        let mesh = Mesh::new(on, Relay::default());
+        let addr = SocketAddr::from((mesh.pod_ip(), 8080));
+        let server = fastpath_env::app_spawn(&mesh, "serve", &[&addr.to_string()]);
+        let cap = mesh.cap.clone();
+        let total = 64u64 << 20;
+        let (sent, hash, reply) = mesh.in_pod(move || {
+            let mut s = (0..500)
+                .find_map(|_| {
+                    TcpStream::connect(addr)
+                        .map_err(|_| std::thread::sleep(Duration::from_millis(10)))
+                        .ok()
+                })
+                .expect("connect to the application");
+            assert_eq!(cap.accelerate(s.as_fd()).expect("accelerate"), on);
+            let mut data = fastpath_env::Pattern::new(total);
+            let mut hash = StreamHash::default();
+            let mut buf = vec![0u8; 256 << 10];
+            while let Some(n) = data.fill(&mut buf) {
+                hash.update(&buf[..n]);
+                s.write_all(&buf[..n]).unwrap();
+            }
+            s.shutdown(Shutdown::Write).unwrap();
+            let reply = read_to_string(&mut s).expect("reply");
+            (total, hash.finish(), reply)
+        });
+        let out = fastpath_env::app_wait(server);
+        eagain(&out, on);
+        assert_eq!((out.u64("received"), out.u64("hash")), (sent, hash));
+        assert_eq!(reply, format!("{sent}:{hash:016x}"));
+        let c = mesh.cap.fastpath_counters();
+        eprintln!("counters: {c:?}");
+        if on {
+            assert!(c.bytes_redirected >= total && c.pod_sockets >= 1, "{c:?}");
+        } else {
+            assert_eq!(c, Default::default());
+        }
+    });
+}
+
 /// A socket really deleted from the sockhash mid-stream (not what ztunnel does; what an
 /// operator's `bpftool map delete` or a bug would do): reported, see ebpf/README.md.
 #[test]
@@ -290,6 +335,10 @@ fn app_process() {
         .map(String::from)
         .collect();
     let dst: SocketAddr = args[0].parse().expect("destination");
+    if mode == "serve" {
+        println!("RESULT {}", serve_once(dst));
+        return;
+    }
     let mut s = TcpStream::connect(dst).expect("connect");
     let result = match mode.as_str() {
         "up" => upload(&mut s, &args),
@@ -347,6 +396,28 @@ fn read_to_string(s: &mut TcpStream) -> std::io::Result<String> {
             n => out.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// The application as a server: accept one connection on `addr`, hash it to EOF, reply
+/// `bytes:hash`, close.
+fn serve_once(addr: SocketAddr) -> String {
+    let l = std::net::TcpListener::bind(addr).expect("bind in the pod");
+    let (mut s, peer) = l.accept().expect("accept");
+    let mut hash = StreamHash::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = read(&mut s, &mut buf).expect("read");
+        if k == 0 {
+            break;
+        }
+        hash.update(&buf[..k]);
+        n += k as u64;
+    }
+    let h = hash.finish();
+    s.write_all(format!("{n}:{h:016x}").as_bytes()).unwrap();
+    let spurious = SPURIOUS_EAGAIN.load(Ordering::Relaxed);
+    format!("received={n} hash={h:016x} peer={peer} spurious_eagain={spurious}")
 }
 
 /// Send `args[1]` bytes in writes of `args[2]`, half-close, read the reply to EOF.

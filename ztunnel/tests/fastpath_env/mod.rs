@@ -232,6 +232,20 @@ impl Mesh {
     }
 
     /// Monotonic ns at which the relay last finished writing a download to the application.
+    pub fn pod_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(
+            self.server_ip.octets()[0],
+            self.server_ip.octets()[1],
+            self.server_ip.octets()[2],
+            2,
+        )
+    }
+
+    /// Run `f` on a thread in the pod's namespace (as ztunnel's in-pod delivery does).
+    pub fn in_pod<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.pod.spawn(f).join().expect("pod thread")
+    }
+
     pub fn relay_done_ns(&self) -> u64 {
         self.relay_done_ns.load(Ordering::Relaxed)
     }
@@ -516,6 +530,11 @@ impl AppOutput {
 
 /// Run the application (`app_process` of this binary) in the pod's cgroup and namespace.
 pub fn app(mesh: &Mesh, mode: &str, args: &[&str]) -> AppOutput {
+    app_wait(app_spawn(mesh, mode, args))
+}
+
+/// Start the application without waiting for it (a server in the pod).
+pub fn app_spawn(mesh: &Mesh, mode: &str, args: &[&str]) -> std::process::Child {
     let procs = CString::new(mesh.cgroup.path.join("cgroup.procs").to_str().unwrap()).unwrap();
     let netns = std::fs::File::open(mesh.pod.path()).expect("netns");
     let ns_fd = netns.as_raw_fd();
@@ -549,7 +568,18 @@ pub fn app(mesh: &Mesh, mode: &str, args: &[&str]) -> AppOutput {
             Ok(())
         });
     }
-    let out = cmd.output().expect("run the application process");
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the application process");
+    drop(netns);
+    child
+}
+
+/// Wait for the application and parse its `RESULT` line.
+pub fn app_wait(child: std::process::Child) -> AppOutput {
+    let out = child.wait_with_output().expect("application output");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -566,7 +596,6 @@ pub fn app(mesh: &Mesh, mode: &str, args: &[&str]) -> AppOutput {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    drop(netns);
     AppOutput { raw, fields }
 }
 
