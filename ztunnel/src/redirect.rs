@@ -14,8 +14,8 @@
 //! - Sockmap fast path (issue 8, off by default): [`Capture::load_with`] with
 //!   [`CaptureOptions::fastpath`] (or [`FASTPATH_ENV`]`=on` for [`Capture::load`]);
 //!   [`Capture::accelerate`] registers ztunnel's own in-pod sockets (the one accepted on 15001,
-//!   the delivery socket) before ztunnel writes to them; [`Capture::decelerate`] takes a
-//!   connection off it; [`Capture::fastpath_counters`] and [`Capture::fastpath_status`] for
+//!   the delivery socket) before ztunnel writes to them, or [`Capture::attach_proxy_cgroup`]
+//!   registers them in the kernel; [`Capture::decelerate`] takes a connection off it; [`Capture::fastpath_counters`] and [`Capture::fastpath_status`] for
 //!   metrics and `/config_dump`. See ebpf/README.md ("Sockmap fast path").
 //!
 //! # What is captured
@@ -96,6 +96,12 @@ pub fn object_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(DEFAULT_OBJECT)
+}
+
+/// `sock_ops` attached to ztunnel's own cgroup by [`Capture::attach_proxy_cgroup`]; detached
+/// when dropped.
+pub struct ProxyCgroupLink {
+    _link: aya::programs::sock_ops::SockOpsLink,
 }
 
 /// Load-time choices of [`Capture::load_with`].
@@ -236,6 +242,46 @@ impl Capture {
     /// in the map until closed: deleting one would discard bytes queued for its reader.
     pub fn decelerate(&self, sock: BorrowedFd<'_>) -> Result<(), RedirectError> {
         self.shared.fastpath.decelerate(sock)
+    }
+
+    /// Register ztunnel's own in-pod sockets in the kernel instead of (or as well as) with
+    /// [`Capture::accelerate`]: attaches the `sock_ops` program to `cgroup`, the cgroup
+    /// ztunnel's in-pod sockets are created in (its own; accepted sockets inherit the
+    /// listener's). Its sockets in enrolled namespaces whose two ends share an address are
+    /// then added at ESTABLISHED, which for the socket accepted on 15001 happens before the
+    /// application's `connect()` returns in practice, so client-first protocols get the
+    /// upload direction accelerated too. `None` when the fast path is not active. Dropping the
+    /// link detaches the program; sockets already registered stay until they close.
+    pub fn attach_proxy_cgroup(
+        &self,
+        cgroup: &Path,
+    ) -> Result<Option<ProxyCgroupLink>, RedirectError> {
+        if !self.shared.fastpath.active() {
+            return Ok(None);
+        }
+        if !sys::is_cgroup2(cgroup) {
+            return Err(RedirectError::NoCgroupV2 {
+                path: cgroup.to_path_buf(),
+            });
+        }
+        let file =
+            std::fs::File::open(cgroup).map_err(|e| RedirectError::kernel("open cgroup", e))?;
+        let attach_err = |e: ProgramError| {
+            RedirectError::kernel(
+                format!("attaching {} to {}", programs::SOCK_OPS, cgroup.display()),
+                e,
+            )
+        };
+        let mut inner = self.shared.inner.lock();
+        let p: &mut SockOps = program(&mut inner.ebpf, programs::SOCK_OPS)?;
+        let id = p
+            .attach(
+                std::os::fd::AsFd::as_fd(&file),
+                aya::programs::CgroupAttachMode::Single,
+            )
+            .map_err(attach_err)?;
+        let link = p.take_link(id).map_err(attach_err)?;
+        Ok(Some(ProxyCgroupLink { _link: link }))
     }
 
     /// Delete `sock` from the fast path's sockhash outright. Not for ztunnel: bytes queued for

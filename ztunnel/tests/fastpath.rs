@@ -216,6 +216,36 @@ fn leaving_the_fast_path_mid_stream_keeps_the_stream() {
     });
 }
 
+/// ztunnel's accepted socket registered by the kernel (`attach_proxy_cgroup`) instead of by
+/// `accelerate`: a client-first upload is redirected from its first byte.
+#[test]
+fn kernel_registration_accelerates_client_first_uploads() {
+    both(|on| {
+        let relay = Relay {
+            kernel_registration: true,
+            ..Relay::default()
+        };
+        let mesh = Mesh::new(on, relay);
+        let server = Server::start(&mesh);
+        let up = app(&mesh, "up", &[&server.addr(HASH_SINK), "10000000", "65536"]);
+        eagain(&up, on);
+        let (n, hash) = server.next_hash();
+        assert_eq!((n, hash), (up.u64("sent"), up.u64("hash")));
+        assert_eq!(up.str("reply"), format!("{n}:{hash:016x}"));
+        let c = mesh.cap.fastpath_counters();
+        eprintln!("counters: {c:?}");
+        if on {
+            assert_eq!((c.ztunnel_sockets, c.directions_fell_back), (0, 0), "{c:?}");
+            assert!(
+                c.pod_sockets >= 2 && c.bytes_redirected >= 10_000_000,
+                "{c:?}"
+            );
+        } else {
+            assert_eq!(c, Default::default());
+        }
+    });
+}
+
 /// The destination side: ztunnel's delivery socket (created in the pod's namespace, source =
 /// pod IP) to the application's server socket. The delivery socket is registered with
 /// `accelerate` before its first write, the application's accepted socket by the kernel.
@@ -335,6 +365,14 @@ fn app_process() {
         .map(String::from)
         .collect();
     let dst: SocketAddr = args[0].parse().expect("destination");
+    if mode == "listen" {
+        // Helper for the kernel-registration test: the parent takes the socket over.
+        let l = std::net::TcpListener::bind(dst).expect("bind");
+        println!("RESULT fd={}", l.as_raw_fd());
+        std::io::stdout().flush().unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
     if mode == "serve" {
         println!("RESULT {}", serve_once(dst));
         return;

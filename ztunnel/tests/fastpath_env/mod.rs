@@ -22,7 +22,9 @@ use std::{
     time::Duration,
 };
 
-use ztunnel::redirect::{Capture, CaptureOptions, FastpathStatus, PodAttachment, PodCaptureSpec};
+use ztunnel::redirect::{
+    Capture, CaptureOptions, FastpathStatus, PodAttachment, PodCaptureSpec, ProxyCgroupLink,
+};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -122,12 +124,17 @@ pub struct Relay {
     pub decelerate_after: Option<u64>,
     /// Delete the accepted socket from the sockhash after this many client bytes.
     pub forget_after: Option<u64>,
+    /// Register the accepted socket in the kernel (`Capture::attach_proxy_cgroup` on a
+    /// cgroup the 15001 listener is created in) instead of with `Capture::accelerate`.
+    pub kernel_registration: bool,
 }
 
 /// Pod + server namespaces, the capture, the pod's attachment and the relay.
 pub struct Mesh {
-    // Field order is drop order: capture links before the namespaces and cgroup.
+    // Field order is drop order: capture links before the namespaces and cgroups.
     _attachment: PodAttachment,
+    _proxy_link: Option<ProxyCgroupLink>,
+    _proxy_cgroup: Option<Cgroup>,
     pub cap: Arc<Capture>,
     outbound: TcpListener,
     _inbound: [TcpListener; 2],
@@ -191,7 +198,21 @@ impl Mesh {
                 .join()
                 .unwrap()
         };
-        let outbound = listen("127.0.0.1:15001");
+        let (outbound, proxy_cgroup, proxy_link) = if relay.kernel_registration {
+            // Stands in for ztunnel's own cgroup: the listener is created by a process in it,
+            // so the sockets it accepts belong to it too.
+            let path = Path::new(CGROUP_ROOT).join(format!("{tag}-zt"));
+            std::fs::create_dir(&path).expect("proxy cgroup");
+            let cg = Cgroup { path };
+            let link = cap
+                .attach_proxy_cgroup(&cg.path)
+                .expect("attach_proxy_cgroup");
+            assert_eq!(link.is_some(), fastpath);
+            let l = listener_from_process(&cg.path, &pod.path(), "127.0.0.1:15001");
+            (l, Some(cg), link)
+        } else {
+            (listen("127.0.0.1:15001"), None, None)
+        };
         let inbound = [listen("127.0.0.1:15008"), listen("127.0.0.1:15006")];
         let netns = pod.path();
         let attachment = cap
@@ -220,6 +241,8 @@ impl Mesh {
         });
         Mesh {
             _attachment: attachment,
+            _proxy_link: proxy_link,
+            _proxy_cgroup: proxy_cgroup,
             cap,
             outbound,
             _inbound: inbound,
@@ -265,7 +288,9 @@ fn relay_one(cap: Arc<Capture>, cfg: Relay, client: TcpStream, done: &AtomicU64)
         .original_dst(client.as_fd())
         .expect("accepted connection has an original destination");
     // Before the first write, so the download direction is redirected from its first byte.
-    cap.accelerate(client.as_fd()).expect("accelerate");
+    if !cfg.kernel_registration {
+        cap.accelerate(client.as_fd()).expect("accelerate");
+    }
     match orig.port() {
         ports::RELAY_ECHO => {
             let _ = (&client).write_all(b"G");
@@ -535,8 +560,47 @@ pub fn app(mesh: &Mesh, mode: &str, args: &[&str]) -> AppOutput {
 
 /// Start the application without waiting for it (a server in the pod).
 pub fn app_spawn(mesh: &Mesh, mode: &str, args: &[&str]) -> std::process::Child {
-    let procs = CString::new(mesh.cgroup.path.join("cgroup.procs").to_str().unwrap()).unwrap();
-    let netns = std::fs::File::open(mesh.pod.path()).expect("netns");
+    spawn_in(&mesh.cgroup.path, &mesh.pod.path(), mode, args)
+}
+
+/// A listening socket created by a process in `cgroup` and `netns`, taken over with
+/// `pidfd_getfd` (the process is then killed; the socket keeps its cgroup).
+fn listener_from_process(cgroup: &Path, netns: &Path, addr: &str) -> TcpListener {
+    use std::{io::BufRead, os::fd::FromRawFd};
+    let mut child = spawn_in(cgroup, netns, "listen", &[addr]);
+    let stdout = child.stdout.take().unwrap();
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_once("RESULT fd=")
+                .map(|(_, fd)| fd.trim().to_string())
+        })
+        .expect("listener fd from the helper");
+    let remote_fd: i32 = line.parse().unwrap();
+    // SAFETY: plain syscalls; the returned descriptors are checked and owned below.
+    let fd = unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd, remote_fd, 0) as i32;
+        libc::close(pidfd);
+        fd
+    };
+    assert!(fd >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
+    let _ = child.kill();
+    let _ = child.wait();
+    // SAFETY: a fresh descriptor of a listening TCP socket that nothing else owns.
+    unsafe { TcpListener::from_raw_fd(fd) }
+}
+
+/// Run this test binary's `app_process` in `cgroup` and `netns`.
+fn spawn_in(cgroup: &Path, netns: &Path, mode: &str, args: &[&str]) -> std::process::Child {
+    let procs = CString::new(cgroup.join("cgroup.procs").to_str().unwrap()).unwrap();
+    let netns = std::fs::File::open(netns).expect("netns");
     let ns_fd = netns.as_raw_fd();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--exact", "app_process", "--nocapture", "--test-threads=1"])
