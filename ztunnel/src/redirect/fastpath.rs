@@ -64,6 +64,63 @@ pub struct FastpathCounters {
     pub directions_fell_back: u64,
 }
 
+impl FastpathCounters {
+    /// (metric name, Prometheus type, help, value) for exporting; names without `_total`,
+    /// which the exporter appends to counters.
+    pub fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 8] {
+        [
+            (
+                "ztunnel_fastpath_setup_failed",
+                "gauge",
+                "1 if the sockmap fast path was switched on but could not be set up",
+                self.setup_failed,
+            ),
+            (
+                "ztunnel_fastpath_pod_sockets",
+                "counter",
+                "Pod sockets put on the sockmap fast path",
+                self.pod_sockets,
+            ),
+            (
+                "ztunnel_fastpath_ztunnel_sockets",
+                "counter",
+                "ztunnel sockets put on the sockmap fast path from userspace",
+                self.ztunnel_sockets,
+            ),
+            (
+                "ztunnel_fastpath_add_errors",
+                "counter",
+                "Pod sockets that could not be put on the fast path",
+                self.add_errors,
+            ),
+            (
+                "ztunnel_fastpath_msgs_redirected",
+                "counter",
+                "Writes handed straight to the peer socket",
+                self.msgs_redirected,
+            ),
+            (
+                "ztunnel_fastpath_bytes_redirected",
+                "counter",
+                "Bytes handed straight to the peer socket",
+                self.bytes_redirected,
+            ),
+            (
+                "ztunnel_fastpath_bytes_passed",
+                "counter",
+                "Bytes of fast-path sockets that took the TCP path",
+                self.bytes_passed,
+            ),
+            (
+                "ztunnel_fastpath_directions_fell_back",
+                "counter",
+                "Connection directions pinned to the TCP path",
+                self.directions_fell_back,
+            ),
+        ]
+    }
+}
+
 /// Parse a switch value (`on`/`off`, also `true`/`false`, `1`/`0`).
 pub fn parse_switch(value: &str) -> Option<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
