@@ -89,6 +89,17 @@ impl CaptureHook for EbpfCapture {
                 );
             }
         }
+        // Sockmap fast path (issue 8); all zero while it is off.
+        for (name, kind, help, v) in self.0.fastpath_counters().metrics() {
+            let sample = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            let _ = writeln!(out, "# HELP {name} {help}.");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{sample} {v}");
+        }
         out
     }
 
