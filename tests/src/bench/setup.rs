@@ -152,7 +152,81 @@ impl Bench {
         if b.ztunnel_error.is_none() {
             b.wait_mesh_path()?;
         }
+        // `ip netns exec` (the harness's launcher) remounts /sys, hiding the cgroup2 mount
+        // ztunnel attaches capture programs to; start ztunnel with `nsenter --net` instead,
+        // which enters only the network namespace, and say so.
+        let cgroup_hidden =
+            b.ztunnel_error.is_some() && b.mesh.logs(200).contains("is not a cgroup v2 directory");
+        if cgroup_hidden {
+            b.restart_ztunnels_nsenter()?;
+        }
         Ok(b)
+    }
+
+    fn restart_ztunnels_nsenter(&mut self) -> Result<()> {
+        self.mesh.ztunnels.clear();
+        let nodes: Vec<(String, String)> = self
+            .mesh
+            .topo
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.ns.name.clone()))
+            .collect();
+        for (node, ns) in &nodes {
+            let argv: Vec<String> = vec![
+                "nsenter".into(),
+                format!("--net=/run/netns/{ns}"),
+                bin("ztunnel").display().to_string(),
+                "--config".into(),
+                self.mesh.config_dir.display().to_string(),
+                "--node".into(),
+                node.clone(),
+            ];
+            let env = vec![
+                ("CA_DIR".to_string(), self.mesh.ca_dir.display().to_string()),
+                (
+                    "RUST_LOG".to_string(),
+                    std::env::var("MESH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+                ),
+                (
+                    "MESH_EBPF_OBJECT".to_string(),
+                    mesh_tests::mesh::ebpf_object().display().to_string(),
+                ),
+            ];
+            let proc = Proc::spawn(
+                &format!("ztunnel-{node}"),
+                None,
+                None,
+                &argv,
+                &env,
+                &self.mesh.log_dir,
+            )?;
+            self.mesh.ztunnels.insert(node.clone(), proc);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let ok = std::process::Command::new("ip")
+                    .args(["netns", "exec", ns, "curl", "-sf", "--max-time", "1"])
+                    .arg("http://127.0.0.1:15021/healthz/ready")
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false);
+                if ok {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "ztunnel on {node} (nsenter) not ready: {}",
+                        self.mesh.logs(20)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        println!(
+            "  note: ztunnels restarted with nsenter --net (ip netns exec hides the cgroup2 mount)"
+        );
+        self.ztunnel_error = None;
+        self.wait_mesh_path()
     }
 
     /// Waits (up to 15 s) until an enrolled client reaches the `bench` service; records the
@@ -169,8 +243,15 @@ impl Bench {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
+        let logs = self.mesh.logs(50);
+        let err = logs
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .next_back()
+            .map(|l| tools::tail(l, 240))
+            .unwrap_or_default();
         self.ztunnel_error = Some(format!(
-            "enrolled pod cannot reach service bench through ztunnel ({last})"
+            "enrolled pod cannot reach service bench through ztunnel ({last}) {err}"
         ));
         Ok(())
     }

@@ -84,7 +84,7 @@ pub fn raise_nofile() -> u64 {
 /// this is usually the same pid; if a wrapper stayed, take its only child.
 pub fn program_pid(pid: u32) -> u32 {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() == "ip" {
+    if matches!(comm.trim(), "ip" | "nsenter") {
         let children =
             std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         if let Some(c) = children
