@@ -176,9 +176,8 @@ pub fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
         add(fastpath::BYTES_REDIRECTED, u64::from(size));
     } else {
         // Peer not (or no longer) in FLOWS: this chunk takes TCP, and so must every later one
-        // of this direction (see the module docs). Without the pin, a failed insert would
-        // only cost acceleration; with a failed pin the next send could overtake this one,
-        // and nothing better than TCP exists to fall back to, so the insert is best effort.
+        // of this direction (see the module docs). The insert into an LRU map cannot fail
+        // for lack of room; should it fail anyway there is nothing safer to do than pass.
         let _ = FLOW_FALLBACK.insert(own, 1, 0);
         debug!(
             &ctx,
