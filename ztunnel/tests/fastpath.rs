@@ -6,6 +6,14 @@
 //! path on and off and compares checksums end to end; the counters prove which path carried
 //! the bytes.
 //!
+//! Also: the destination side (ztunnel's delivery socket to the application's server socket),
+//! and ztunnel's sockets registered by the kernel (`Capture::attach_proxy_cgroup`) rather than
+//! by `accelerate`.
+//!
+//! Blocking reads of the application retry on EAGAIN with poll(): a socket in a sockmap can
+//! return EAGAIN to a blocking reader (see `SPURIOUS_EAGAIN` and ebpf/README.md); the count
+//! is printed, and must be 0 with the fast path off.
+//!
 //! The application is this test binary re-executed (test `app_process`, a no-op unless
 //! `FASTPATH_APP` is set) inside the pod's cgroup and network namespace, so its sockets are
 //! the pod's. Root and `cargo xtask build-ebpf` are required; nothing skips. Everything the
