@@ -380,8 +380,8 @@ impl Mesh {
         let url = format!("http://{addr}/healthz/ready");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", ns, "curl", "-sf", "--max-time", "1", &url])
+            let out = std::process::Command::new("nsenter")
+                .args([&crate::netns::nsenter_net(ns), "--", "curl", "-sf", "--max-time", "1", &url])
                 .output()?;
             if out.status.success() {
                 return Ok(());
@@ -401,8 +401,8 @@ impl Mesh {
         let deadline = Instant::now() + Duration::from_secs(15);
         let needle = format!(":{port} ");
         while Instant::now() < deadline {
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", ns, "ss", "-Hltn"])
+            let out = std::process::Command::new("nsenter")
+                .args([&crate::netns::nsenter_net(ns), "--", "ss", "-Hltn"])
                 .output()?;
             if String::from_utf8_lossy(&out.stdout).contains(&needle) {
                 return Ok(());

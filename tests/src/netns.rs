@@ -50,6 +50,13 @@ pub fn unique_id() -> String {
     format!("{:x}{n}", std::process::id() & 0xfff)
 }
 
+/// `nsenter` argument entering only the network namespace `ns`. Unlike `ip netns exec`, it
+/// keeps the caller's mount namespace: `ip netns exec` remounts /sys, which hides the cgroup v2
+/// mount (`/sys/fs/cgroup/unified`) that ztunnel needs to attach eBPF programs to pod cgroups.
+pub fn nsenter_net(ns: &str) -> String {
+    format!("--net=/run/netns/{ns}")
+}
+
 /// A network namespace, deleted (with every process still in it) on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -70,11 +77,12 @@ impl Netns {
         PathBuf::from(format!("/run/netns/{}", self.name))
     }
 
-    /// Runs a shell command line inside the namespace (for sysctls and checks).
+    /// Runs a command inside the namespace (for sysctls and checks).
     pub fn exec(&self, args: &[&str]) -> Result<String> {
-        let mut full = vec!["netns", "exec", &self.name];
+        let net = nsenter_net(&self.name);
+        let mut full = vec![net.as_str(), "--"];
         full.extend_from_slice(args);
-        run("ip", &full)
+        run("nsenter", &full)
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
@@ -173,8 +181,8 @@ impl Proc {
         let file = fs::File::create(&log)?;
         let mut cmd = match ns {
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).args(argv);
+                let mut c = Command::new("nsenter");
+                c.arg(nsenter_net(ns)).arg("--").args(argv);
                 c
             }
             None => {
@@ -288,8 +296,8 @@ pub fn sweep() -> Result<usize> {
 /// that cgroup applies to it), returning its output whatever the exit status.
 pub fn output_in(ns: &str, cgroup: Option<&Path>, argv: &[&str]) -> Result<std::process::Output> {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).args(argv);
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(nsenter_net(ns)).arg("--").args(argv);
     if let Some(cg) = cgroup {
         let procs = cg.join("cgroup.procs");
         // SAFETY: only open/write/close between fork and exec.

@@ -153,8 +153,17 @@ pub fn mtls_identities(mesh: &Mesh, progress: Progress) -> Result<StepReport> {
         true,
         principal,
     );
-    if !line.is_empty() {
-        r.notes.push(line);
+    // Show the labels that matter rather than Istio's full label set.
+    let labels: Vec<&str> = line
+        .split([',', '{', '}'])
+        .filter(|kv| {
+            ["source_principal=", "destination_workload=", "connection_security_policy="]
+                .iter()
+                .any(|k| kv.starts_with(k))
+        })
+        .collect();
+    if !labels.is_empty() {
+        r.notes.push(format!("ztunnel on node2 counted: {}", labels.join(" ")));
     }
     Ok(r)
 }

@@ -164,7 +164,12 @@ fn install_sigint(flag: Arc<AtomicBool>) {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let _ = tokio::signal::ctrl_c().await;
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         });
         if KEEPING.load(Ordering::Relaxed) {
             flag.store(true, Ordering::Relaxed);
