@@ -381,7 +381,15 @@ impl Mesh {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             let out = std::process::Command::new("nsenter")
-                .args([&crate::netns::nsenter_net(ns), "--", "curl", "-sf", "--max-time", "1", &url])
+                .args([
+                    &crate::netns::nsenter_net(ns),
+                    "--",
+                    "curl",
+                    "-sf",
+                    "--max-time",
+                    "1",
+                    &url,
+                ])
                 .output()?;
             if out.status.success() {
                 return Ok(());

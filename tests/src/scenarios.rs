@@ -157,13 +157,18 @@ pub fn mtls_identities(mesh: &Mesh, progress: Progress) -> Result<StepReport> {
     let labels: Vec<&str> = line
         .split([',', '{', '}'])
         .filter(|kv| {
-            ["source_principal=", "destination_workload=", "connection_security_policy="]
-                .iter()
-                .any(|k| kv.starts_with(k))
+            [
+                "source_principal=",
+                "destination_workload=",
+                "connection_security_policy=",
+            ]
+            .iter()
+            .any(|k| kv.starts_with(k))
         })
         .collect();
     if !labels.is_empty() {
-        r.notes.push(format!("ztunnel on node2 counted: {}", labels.join(" ")));
+        r.notes
+            .push(format!("ztunnel on node2 counted: {}", labels.join(" ")));
     }
     Ok(r)
 }
