@@ -1,4 +1,13 @@
-//! ztunnel's view of the mesh: workloads by IP, services by VIP, compiled L4 policies.
+//! ztunnel's view of the mesh: workloads by IP, services by VIP, compiled L4 policies, and
+//! which waypoint (if any) stands in front of each service and workload.
+//!
+//! Waypoint binding (Istio ambient's `istio.io/use-waypoint`, resolved by `common`):
+//! - [`Service::waypoint`]: traffic addressed to the service's VIP goes to this waypoint.
+//! - [`Workload::waypoint`]: traffic addressed to the pod's IP goes to this waypoint (only a
+//!   waypoint whose `istio.io/waypoint-for` covers workloads).
+//! - [`Workload::bound_waypoints`]: every waypoint allowed to deliver to the pod — its own plus
+//!   those of the services it is an endpoint of. When non-empty the destination ztunnel admits
+//!   only these identities (see `proxy::inbound`).
 //!
 //! Built from `common`'s Kubernetes and Istio objects (the adapter is [`ProxyState::build`]);
 //! published as an immutable snapshot behind [`StateHandle`] so lookups on the connection path
@@ -42,6 +51,31 @@ pub struct Workload {
     pub excluded_outbound_ports: Vec<u16>,
     /// Inbound ports left uncaptured (`traffic.sidecar.istio.io/excludeInboundPorts`).
     pub excluded_inbound_ports: Vec<u16>,
+    /// Waypoint for traffic addressed to this pod's IP.
+    pub waypoint: Option<Arc<Waypoint>>,
+    /// Waypoints that may deliver to this pod (own + its services'); empty = no waypoint.
+    pub bound_waypoints: Vec<Arc<Waypoint>>,
+}
+
+/// A waypoint as the data path needs it: where to send (any of `addresses`, HBONE port) and
+/// which identity to verify (and to accept at the destination).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Waypoint {
+    pub name: String,
+    pub namespace: String,
+    pub identity: Identity,
+    pub addresses: Vec<IpAddr>,
+}
+
+impl From<&common::model::WaypointRef> for Waypoint {
+    fn from(w: &common::model::WaypointRef) -> Self {
+        Waypoint {
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            identity: w.identity.clone(),
+            addresses: w.addresses.clone(),
+        }
+    }
 }
 
 impl Workload {
@@ -90,6 +124,8 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// Endpoint pod IPs.
     pub endpoints: Vec<IpAddr>,
+    /// Waypoint for traffic addressed to the service's VIPs.
+    pub waypoint: Option<Arc<Waypoint>>,
 }
 
 /// An immutable snapshot of what ztunnel needs.
@@ -121,6 +157,8 @@ impl ProxyState {
             cluster: cluster.to_string(),
             ..Default::default()
         };
+        // Built unwrapped first so service waypoints can be folded into `bound_waypoints`.
+        let mut workloads: HashMap<IpAddr, Workload> = HashMap::new();
         for w in model.workloads() {
             let labels = w.labels.clone();
             let wl = Workload {
@@ -142,8 +180,10 @@ impl ProxyState {
                 named_ports: w.container_ports.clone(),
                 excluded_outbound_ports: w.excluded_outbound_ports.clone(),
                 excluded_inbound_ports: w.excluded_inbound_ports.clone(),
+                waypoint: w.waypoint.as_ref().map(|r| Arc::new(r.into())),
+                bound_waypoints: Vec::new(),
             };
-            st.workloads.insert(wl.ip, Arc::new(wl));
+            workloads.insert(wl.ip, wl);
         }
         for s in model.services() {
             let svc = Arc::new(Service {
@@ -164,10 +204,31 @@ impl ProxyState {
                     })
                     .collect(),
                 endpoints: model.endpoints(s).map(|w| w.ip).collect(),
+                waypoint: s.waypoint.as_ref().map(|r| Arc::new(r.into())),
             });
             for vip in &svc.vips {
                 st.services.insert(*vip, svc.clone());
             }
+            if let Some(wp) = &svc.waypoint {
+                for ip in &svc.endpoints {
+                    if let Some(w) = workloads.get_mut(ip) {
+                        if !w.bound_waypoints.contains(wp) {
+                            w.bound_waypoints.push(wp.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for (ip, mut w) in workloads {
+            if let Some(wp) = w.waypoint.clone() {
+                if !w.bound_waypoints.contains(&wp) {
+                    w.bound_waypoints.insert(0, wp);
+                }
+            }
+            // A waypoint pod is never bound to itself (it is the one that enforces L7).
+            let id = w.identity.clone();
+            w.bound_waypoints.retain(|wp| wp.identity != id);
+            st.workloads.insert(ip, Arc::new(w));
         }
         st.authorizations = model
             .authorization_policies()
@@ -190,6 +251,23 @@ impl ProxyState {
     /// The service with this VIP.
     pub fn service(&self, vip: IpAddr) -> Option<&Arc<Service>> {
         self.services.get(&vip)
+    }
+
+    /// The waypoint bound to `w` whose identity is `id`, if `id` is one of them.
+    pub fn waypoint_of<'a>(w: &'a Workload, id: Option<&Identity>) -> Option<&'a Arc<Waypoint>> {
+        let id = id?;
+        w.bound_waypoints.iter().find(|wp| &wp.identity == id)
+    }
+
+    /// The waypoint that must see traffic to the original destination `dst`, sent by `src`:
+    /// the service's (VIP) or the workload's (pod IP). `None` when there is none or `src` is
+    /// that waypoint itself (a waypoint never sends to itself).
+    pub fn waypoint_for(&self, dst: SocketAddr, src: &Identity) -> Option<Arc<Waypoint>> {
+        let wp = match self.service(dst.ip()) {
+            Some(svc) => svc.waypoint.clone(),
+            None => self.workload(dst.ip()).and_then(|w| w.waypoint.clone()),
+        }?;
+        (&wp.identity != src).then_some(wp)
     }
 
     /// Enrolled workloads scheduled on `node`.

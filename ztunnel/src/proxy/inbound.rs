@@ -1,15 +1,38 @@
 //! Inbound HBONE (15008): mTLS termination, `CONNECT` admission, policy, delivery to the app.
 //!
 //! Admission order for each `CONNECT`: mesh ports refused (400), authority must be this pod
-//! (400), AuthorizationPolicy with the identity from the client certificate (401), upstream
-//! connection to the application (503 when it fails), then 200 and the byte relay.
+//! (400; see below for waypoints), waypoint binding (401), AuthorizationPolicy with the identity
+//! from the client certificate (401), upstream connection to the application (503 when it
+//! fails), then 200 and the byte relay.
+//!
+//! # Waypoint rule
+//! A pod is *waypoint-bound* when it has its own waypoint (`use-waypoint` on the pod or its
+//! namespace, waypoint-for `workload`/`all`) or it is an endpoint of a Service that uses a
+//! waypoint ([`crate::state::Workload::bound_waypoints`]). Such a pod is reached only through
+//! its waypoint(s): a `CONNECT` is admitted only when the peer identity taken from the client
+//! certificate is one of those waypoints' identities; anything else (another workload's HBONE,
+//! plaintext under PERMISSIVE, the same-node short path) is refused with 401, reason
+//! `bypassed_waypoint` in `ztunnel_refused_connections_total` and a warning naming the
+//! expected waypoint. This is stricter than Istio's ztunnel, which enforces it only for
+//! workload-addressed waypoints and leaves service waypoints to AuthorizationPolicy: here a
+//! Service's waypoint cannot be bypassed by dialing an endpoint's IP either (issue 6:
+//! "nothing can bypass L7 policy").
+//!
+//! Traffic from the waypoint then goes through the usual L4 AuthorizationPolicy with the
+//! waypoint's identity as principal, and the destination reporter labels the waypoint pod as
+//! the source (not the original client named in `forwarded`).
+//!
+//! Authority: a waypoint forwards with the endpoint's `podIP:port` as authority, which passes
+//! the usual check. As DESIGN.md allows, a waypoint peer may also use a Service VIP:port of a
+//! service this pod backs; it is mapped to the pod's target port. Everyone else still gets 400
+//! for an authority that is not this pod.
 
 use super::{accept_loop, tcp_labels, PodCtx, ProxyInputs};
 use crate::hbone::{parse_forwarded_for, server, Admission, Baggage, ConnectRequest, Tunnel};
 use crate::identity::Identity;
 use crate::metrics::TcpLabels;
 use crate::state::policy::{authorize, ConnInfo, Decision};
-use crate::state::{Service, Workload};
+use crate::state::{target_port, ProxyState, Service, Workload};
 use http::{HeaderMap, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,14 +45,25 @@ use tokio::net::{TcpListener, TcpStream};
 pub(crate) enum Refusal {
     #[error("policy: {0}")]
     Policy(String),
+    #[error("bypassed waypoint: {0}")]
+    BypassedWaypoint(String),
     #[error("upstream unreachable: {0}")]
     Upstream(std::io::Error),
 }
 
 impl Refusal {
+    /// Reason label for `ztunnel_refused_connections_total`.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Policy(_) => "policy",
+            Refusal::BypassedWaypoint(_) => "bypassed_waypoint",
+            Refusal::Upstream(_) => "upstream",
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
-            Refusal::Policy(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Policy(_) | Refusal::BypassedWaypoint(_) => StatusCode::UNAUTHORIZED,
             Refusal::Upstream(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -100,11 +134,27 @@ async fn handle_connect(
     src_identity: Option<Identity>,
     req: ConnectRequest,
 ) -> Admission {
-    let dst = req.authority;
+    let mut dst = req.authority;
     if inputs.cfg.mesh_ports().contains(&dst.port()) {
         tracing::warn!(%peer, %dst, "CONNECT to a mesh port refused");
         inputs.metrics.refuse("hbone", "mesh_port");
         return Admission::Reject(StatusCode::BAD_REQUEST);
+    }
+    let st = inputs.state.load();
+    let me: Arc<Workload> = st
+        .workload(ctx.workload.ip)
+        .cloned()
+        .unwrap_or_else(|| ctx.workload.clone());
+    let from_waypoint = ProxyState::waypoint_of(&me, src_identity.as_ref()).cloned();
+    if dst.ip() != ctx.workload.ip && from_waypoint.is_some() {
+        // A waypoint may address the service it fronts; map VIP:port to this endpoint.
+        if let Some(port) = st
+            .service(dst.ip())
+            .filter(|s| s.endpoints.contains(&me.ip))
+            .and_then(|s| target_port(s, dst.port(), &me))
+        {
+            dst = SocketAddr::new(me.ip, port);
+        }
     }
     if dst.ip() != ctx.workload.ip {
         tracing::warn!(%peer, %dst, pod = %ctx.workload.ip, "CONNECT authority is not this pod");
@@ -122,10 +172,18 @@ async fn handle_connect(
         src_identity: src_identity.clone(),
         dst,
     };
-    let st = inputs.state.load();
-    let src_wl = remote
-        .and_then(|r| st.workload(r.ip()).cloned())
-        .or_else(|| st.workload(peer.ip()).cloned());
+    // From a waypoint the peer is the waypoint pod (labelled as the source, as Istio does);
+    // otherwise the original client named in `forwarded`, else the TCP peer.
+    let src_wl = match &from_waypoint {
+        Some(wp) => st
+            .workload(peer.ip())
+            .filter(|w| w.identity == wp.identity)
+            .or_else(|| wp.addresses.iter().find_map(|ip| st.workload(*ip)))
+            .cloned(),
+        None => remote
+            .and_then(|r| st.workload(r.ip()).cloned())
+            .or_else(|| st.workload(peer.ip()).cloned()),
+    };
     let svc = st
         .services
         .values()
@@ -144,14 +202,7 @@ async fn handle_connect(
         Err(r) => {
             let status = r.status();
             tracing::warn!(%peer, %dst, src_identity = ?conn.src_identity, reason = %r, %status, "inbound CONNECT refused");
-            inputs.metrics.refuse(
-                "hbone",
-                if status == StatusCode::UNAUTHORIZED {
-                    "policy"
-                } else {
-                    "upstream"
-                },
-            );
+            inputs.metrics.refuse("hbone", r.reason());
             Admission::Reject(status)
         }
         Ok(upstream) => {
@@ -184,6 +235,25 @@ pub(crate) async fn admit(
         .workload(ctx.workload.ip)
         .cloned()
         .unwrap_or_else(|| ctx.workload.clone());
+    if !wl.bound_waypoints.is_empty()
+        && ProxyState::waypoint_of(&wl, conn.src_identity.as_ref()).is_none()
+    {
+        let expected: Vec<String> = wl
+            .bound_waypoints
+            .iter()
+            .map(|w| format!("{}/{} ({})", w.namespace, w.name, w.identity))
+            .collect();
+        return Err(Refusal::BypassedWaypoint(format!(
+            "{}/{} accepts traffic only from waypoint {}; peer is {}",
+            wl.namespace,
+            wl.name,
+            expected.join(", "),
+            conn.src_identity
+                .as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "plaintext (no identity)".into())
+        )));
+    }
     if let Decision::Deny(reason) = authorize(&st.authorizations, wl.target(), conn) {
         return Err(Refusal::Policy(reason));
     }
@@ -252,6 +322,9 @@ pub(crate) async fn deliver_local<A>(
         Err(r) => {
             tracing::warn!(%peer, %dst, reason = %r, "same-node connection refused");
             inputs.metrics.refuse("outbound", "same_node_refused");
+            if matches!(r, Refusal::BypassedWaypoint(_)) {
+                inputs.metrics.refuse("outbound", r.reason());
+            }
         }
         Ok(up) => {
             let labels = tcp_labels(

@@ -3,8 +3,13 @@
 //! PeerAuthentication decides first (STRICT refuses plaintext; PERMISSIVE and DISABLE accept),
 //! then AuthorizationPolicy runs without a peer identity; telemetry labels the connection
 //! `connection_security_policy="none"`.
+//!
+//! Waypoint-bound pods (see `proxy::inbound`, "Waypoint rule") refuse plaintext even under
+//! PERMISSIVE/DISABLE: plaintext carries no identity, so it cannot come from the waypoint, and
+//! accepting it would let any client skip the waypoint's L7 policy. The refusal is counted as
+//! `reason="bypassed_waypoint"` on the `inbound_plaintext` listener.
 
-use super::inbound::{admit, relay};
+use super::inbound::{admit, relay, Refusal};
 use super::{accept_loop, tcp_labels, PodCtx, ProxyInputs};
 use crate::state::policy::{mtls_mode, ConnInfo};
 use common::istio::security::MtlsMode;
@@ -53,7 +58,13 @@ async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, peer: Soc
     match admit(&inputs, &ctx, &conn).await {
         Err(r) => {
             tracing::warn!(%peer, %dst, reason = %r, "plaintext connection refused");
-            inputs.metrics.refuse("inbound_plaintext", "refused");
+            inputs.metrics.refuse(
+                "inbound_plaintext",
+                match r {
+                    Refusal::BypassedWaypoint(_) => r.reason(),
+                    _ => "refused",
+                },
+            );
         }
         Ok(up) => {
             let src_wl = st.workload(peer.ip()).cloned();

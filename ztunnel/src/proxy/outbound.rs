@@ -1,12 +1,21 @@
 //! Outbound (15001): a pod's captured connection → original destination → workload or service
 //! endpoint → HBONE to the endpoint's node (pooled), the same-node short path, or plain TCP
 //! when the destination is outside the mesh.
+//!
+//! Waypoint handoff (Istio ambient): when the original destination is a service VIP whose
+//! service has a waypoint, or a pod IP whose workload has one, the connection goes over HBONE
+//! to one of the waypoint's addresses (port 15008), verifying the waypoint's identity, with
+//! `:authority` = the *original* destination (VIP:port or podIP:port), so the waypoint applies
+//! L7 routing and picks the endpoint itself. The source ztunnel never picks an endpoint for
+//! such traffic, and never takes the same-node short path (that would skip the waypoint).
+//! A source whose identity is the waypoint's own is not handed off (no loop).
 
 use super::inbound::deliver_local;
 use super::pool::PoolKey;
 use super::{accept_loop, tcp_labels, PodCtx, ProxyInputs};
 use crate::hbone::{forwarded_header, new_traceparent, H2Client, HboneError};
-use crate::state::Upstream;
+use crate::identity::Identity;
+use crate::state::{Service, Upstream, Waypoint, Workload};
 use http::{HeaderMap, HeaderValue};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -46,6 +55,31 @@ async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, raw_peer:
         return;
     };
     let st = inputs.state.load();
+    if let Some(wp) = st.waypoint_for(orig, &ctx.workload.identity) {
+        // Service for labels and `forwarded;host=`: the VIP's, or the pod's service.
+        let svc = st
+            .service(orig.ip())
+            .cloned()
+            .or_else(|| st.resolve(orig, |_| 0).and_then(|u| u.service));
+        // Label the destination as the waypoint pod we reach (source reporter's view).
+        let Some(addr) = pick_waypoint_addr(&wp) else {
+            tracing::warn!(%peer, dst = %orig, waypoint = %wp.name, "waypoint has no address");
+            inputs.metrics.refuse("outbound", "waypoint_unavailable");
+            return;
+        };
+        let wp_wl = st.workload(addr).cloned();
+        drop(st);
+        tracing::debug!(%peer, dst = %orig, waypoint = %wp.name, via = %addr, "handing off to waypoint");
+        let target = HboneTarget {
+            addr: SocketAddr::new(addr, inputs.cfg.hbone_port),
+            identity: wp.identity.clone(),
+            authority: orig,
+            workload: wp_wl,
+            service: svc,
+            waypoint: Some(wp),
+        };
+        return hbone(&inputs, &ctx, tcp, peer, target).await;
+    }
     let Some(up) = st.resolve(orig, |n| rand::random::<usize>() % n) else {
         tracing::warn!(%peer, dst = %orig, "service has no usable endpoint");
         inputs.metrics.refuse("outbound", "no_healthy_upstream");
@@ -68,11 +102,44 @@ async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, raw_peer:
                     )
                     .await
                 }
-                _ => hbone(&inputs, &ctx, tcp, peer, up).await,
+                _ => {
+                    let target = HboneTarget {
+                        addr: SocketAddr::new(w.ip, inputs.cfg.hbone_port),
+                        identity: w.identity.clone(),
+                        authority: up.addr,
+                        workload: Some(w.clone()),
+                        service: up.service.clone(),
+                        waypoint: None,
+                    };
+                    hbone(&inputs, &ctx, tcp, peer, target).await
+                }
             }
         }
         _ => passthrough(&inputs, &ctx, tcp, peer, up).await,
     }
+}
+
+/// One of the waypoint's pods, at random (spreads load across waypoint replicas).
+fn pick_waypoint_addr(wp: &Waypoint) -> Option<std::net::IpAddr> {
+    match wp.addresses.len() {
+        0 => None,
+        n => Some(wp.addresses[rand::random::<usize>() % n]),
+    }
+}
+
+/// Where an HBONE tunnel goes: the endpoint's node, or a waypoint.
+struct HboneTarget {
+    /// HBONE address dialed (`ip:15008`).
+    addr: SocketAddr,
+    /// Identity the server must prove.
+    identity: Identity,
+    /// `:authority` of the `CONNECT`: endpoint `podIP:port`, or the original destination when
+    /// a waypoint is in the path.
+    authority: SocketAddr,
+    /// Workload at `addr` (metrics' destination labels).
+    workload: Option<Arc<Workload>>,
+    service: Option<Arc<Service>>,
+    waypoint: Option<Arc<Waypoint>>,
 }
 
 async fn hbone(
@@ -80,17 +147,16 @@ async fn hbone(
     ctx: &Arc<PodCtx>,
     tcp: TcpStream,
     peer: SocketAddr,
-    up: Upstream,
+    t: HboneTarget,
 ) {
-    let Some(w) = up.workload.clone() else { return };
-    let hbone_addr = SocketAddr::new(w.ip, inputs.cfg.hbone_port);
+    let hbone_addr = t.addr;
     let key = PoolKey {
         src: ctx.workload.identity.clone(),
-        dst: w.identity.clone(),
+        dst: t.identity.clone(),
         dst_addr: hbone_addr,
     };
     let mut headers = HeaderMap::new();
-    let fwd = forwarded_header(peer, up.service.as_ref().map(|s| s.hostname.as_str()));
+    let fwd = forwarded_header(peer, t.service.as_ref().map(|s| s.hostname.as_str()));
     for (k, v) in [
         ("forwarded", fwd),
         (
@@ -103,37 +169,39 @@ async fn hbone(
             headers.insert(k, v);
         }
     }
-    let dial = || dial(inputs, ctx, hbone_addr, w.identity.clone());
+    let dial = || dial(inputs, ctx, hbone_addr, t.identity.clone());
+    let dst = t.authority;
+    let waypoint = t.waypoint.as_ref().map(|w| w.name.as_str());
     let start = Instant::now();
     let tunnel = match tokio::time::timeout(
         inputs.cfg.connect_timeout,
-        inputs.pool.connect(key, dial, up.addr, headers),
+        inputs.pool.connect(key, dial, dst, headers),
     )
     .await
     {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            tracing::warn!(%peer, dst = %up.addr, via = %hbone_addr, error = %e, "HBONE connect failed");
+            tracing::warn!(%peer, %dst, via = %hbone_addr, ?waypoint, error = %e, "HBONE connect failed");
             inputs.metrics.refuse("outbound", "hbone_connect");
             return;
         }
         Err(_) => {
-            tracing::warn!(%peer, dst = %up.addr, via = %hbone_addr, "HBONE connect timed out");
+            tracing::warn!(%peer, %dst, via = %hbone_addr, ?waypoint, "HBONE connect timed out");
             inputs.metrics.refuse("outbound", "hbone_timeout");
             return;
         }
     };
-    tracing::debug!(%peer, dst = %up.addr, elapsed_us = start.elapsed().as_micros() as u64, "HBONE tunnel open");
+    tracing::debug!(%peer, %dst, ?waypoint, elapsed_us = start.elapsed().as_micros() as u64, "HBONE tunnel open");
     let labels = tcp_labels(
         &inputs.cfg,
         "source",
         Some(&ctx.workload),
         Some(ctx.workload.identity.to_string()),
-        Some(&w),
-        up.service.as_deref(),
+        t.workload.as_deref(),
+        t.service.as_deref(),
         "mutual_tls",
     );
-    relay_client(inputs, tcp, tunnel, labels, peer, up.addr).await;
+    relay_client(inputs, tcp, tunnel, labels, peer, dst).await;
 }
 
 async fn dial(
