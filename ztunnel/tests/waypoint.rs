@@ -114,17 +114,21 @@ spec:
 
 /// What the stand-in waypoint saw: (CONNECT authority, peer identity from the client cert).
 type Seen = Arc<Mutex<Vec<(SocketAddr, Option<Identity>)>>>;
+/// Request headers of each `CONNECT` the stand-in waypoint saw.
+type Headers = Arc<Mutex<Vec<http::HeaderMap>>>;
 
 /// Starts the stand-in waypoint on `topo.waypoint:15008` presenting `identity`'s certificate;
 /// each admitted tunnel is forwarded over HBONE to `server:8080` (authority = pod IP, like
 /// the real waypoint after picking an endpoint).
-async fn waypoint(topo: &Topo, ca: &CaDir, identity: Identity) -> Seen {
+async fn waypoint(topo: &Topo, ca: &CaDir, identity: Identity) -> (Seen, Headers) {
     let cert =
         IdentityCert::from_issued(&ca.issue(&identity, Duration::from_secs(600)).unwrap()).unwrap();
     let server_cfg = tls::server_config(cert.clone(), ca.roots(), "cluster.local").unwrap();
     let client_cfg = tls::client_config(cert, ca.roots(), vec![id("server-sa")]).unwrap();
     let listener = TcpListener::bind((topo.waypoint, 15008)).await.unwrap();
     let seen: Seen = Arc::default();
+    let headers: Headers = Arc::default();
+    let headers2 = headers.clone();
     let (wp_ip, server_ip) = (topo.waypoint, topo.server);
     let seen2 = seen.clone();
     tokio::spawn(async move {
@@ -133,8 +137,12 @@ async fn waypoint(topo: &Topo, ca: &CaDir, identity: Identity) -> Seen {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (acceptor, seen, client_cfg) =
-                (acceptor.clone(), seen2.clone(), client_cfg.clone());
+            let (acceptor, seen, headers, client_cfg) = (
+                acceptor.clone(),
+                seen2.clone(),
+                headers2.clone(),
+                client_cfg.clone(),
+            );
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -142,6 +150,7 @@ async fn waypoint(topo: &Topo, ca: &CaDir, identity: Identity) -> Seen {
                 let peer = tls::peer_identity(tls.get_ref().1);
                 let handler = move |req: ConnectRequest| {
                     seen.lock().push((req.authority, peer.clone()));
+                    headers.lock().push(req.headers.clone());
                     let client_cfg = client_cfg.clone();
                     async move {
                         let up = match forward(wp_ip, server_ip, client_cfg).await {
@@ -166,7 +175,7 @@ async fn waypoint(topo: &Topo, ca: &CaDir, identity: Identity) -> Seen {
             });
         }
     });
-    seen
+    (seen, headers)
 }
 
 /// HBONE from the waypoint pod's own address to the server pod.
@@ -223,7 +232,7 @@ async fn service_with_waypoint_goes_through_waypoint_others_stay_l4() {
     let res = parse(&t.yaml(STRICT));
     let n1 = node("node1", res.clone(), ca.clone(), |_| {}).await;
     let n2 = node("node2", res, ca.clone(), |_| {}).await;
-    let seen = waypoint(&t, &ca, id("server-waypoint")).await;
+    let (seen, headers) = waypoint(&t, &ca, id("server-waypoint")).await;
     echo(SocketAddr::new(t.server, 8080)).await;
     echo(SocketAddr::new(t.other, 8080)).await;
 
@@ -238,6 +247,23 @@ async fn service_with_waypoint_goes_through_waypoint_others_stay_l4() {
         &[(vip, Some(id("client-sa")))],
         "waypoint got CONNECT VIP:port from the client's identity"
     );
+    {
+        let h = headers.lock();
+        let get = |k: &str| {
+            h[0].get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let fwd = get("forwarded");
+        assert!(
+            fwd.starts_with(&format!("for=\"{}:", t.client))
+                && fwd.ends_with(";host=server.demo.svc.cluster.local"),
+            "{fwd}"
+        );
+        assert!(get("baggage").contains("k8s.pod.name=client"), "{h:?}");
+        assert!(get("traceparent").starts_with("00-"), "{h:?}");
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let m2 = n2.zt.inputs().metrics.encode();
     assert_eq!(
@@ -302,7 +328,7 @@ async fn waypoint_identity_is_verified() {
     let res = parse(&t.yaml(""));
     let n1 = node("node1", res.clone(), ca.clone(), |_| {}).await;
     let _n2 = node("node2", res, ca.clone(), |_| {}).await;
-    let seen = waypoint(&t, &ca, id("impostor")).await;
+    let (seen, _) = waypoint(&t, &ca, id("impostor")).await;
     echo(SocketAddr::new(t.server, 8080)).await;
     n1.orig
         .set_outbound(t.client, None, SocketAddr::new(t.server_vip, 80));
@@ -365,6 +391,45 @@ async fn direct_hbone_to_waypoint_bound_pod_only_from_waypoint() {
     echo(SocketAddr::new(t.other, 8080)).await;
     let other = direct_hbone_to(&ca, "client-sa", t.other, "other-sa").await;
     assert!(other.is_ok(), "{other:?}");
+
+    // The same-node short path (other → server on node2) cannot bypass the waypoint either.
+    n2.orig
+        .set_outbound(t.other, None, SocketAddr::new(t.server, 8080));
+    let mut s = TcpStream::connect((t.other, 15001)).await.unwrap();
+    assert!(roundtrip(&mut s, b"x").await.is_err(), "same-node bypass");
+    let m2 = n2.zt.inputs().metrics.encode();
+    assert_eq!(
+        metric(
+            &m2,
+            "ztunnel_refused_connections_total",
+            &["listener=\"outbound\"", "reason=\"bypassed_waypoint\""]
+        ),
+        1,
+        "{m2}"
+    );
+}
+
+/// A waypoint may use the service VIP:port as authority (mapped to the pod's target port);
+/// anyone else gets 400 for an authority that is not the pod.
+#[tokio::test]
+async fn vip_authority_accepted_from_waypoint_only() {
+    let t = Topo::new();
+    let ca = ca();
+    let _n2 = node("node2", parse(&t.yaml(STRICT)), ca.clone(), |_| {}).await;
+    echo(SocketAddr::new(t.server, 8080)).await;
+    let vip = SocketAddr::new(t.server_vip, 80);
+    let mut tunnel = hbone_as(&ca, "server-waypoint", t.server, "server-sa", vip)
+        .await
+        .expect("waypoint may address the VIP");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tunnel.write_all(b"vip").await.unwrap();
+    let mut buf = [0u8; 3];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"vip");
+    match hbone_as(&ca, "client-sa", t.server, "server-sa", vip).await {
+        Err(HboneError::Status(s)) => assert_eq!(s, http::StatusCode::BAD_REQUEST),
+        other => panic!("expected 400, got {other:?}"),
+    }
 }
 
 async fn direct_hbone_to(
@@ -372,6 +437,17 @@ async fn direct_hbone_to(
     sa: &str,
     dst: IpAddr,
     dst_sa: &str,
+) -> Result<Tunnel, HboneError> {
+    hbone_as(ca, sa, dst, dst_sa, SocketAddr::new(dst, 8080)).await
+}
+
+/// HBONE as `sa` to `dst`'s ztunnel (expecting `dst_sa`), `CONNECT authority`.
+async fn hbone_as(
+    ca: &CaDir,
+    sa: &str,
+    dst: IpAddr,
+    dst_sa: &str,
+    authority: SocketAddr,
 ) -> Result<Tunnel, HboneError> {
     let cert =
         IdentityCert::from_issued(&ca.issue(&id(sa), Duration::from_secs(600)).unwrap()).unwrap();
@@ -381,10 +457,7 @@ async fn direct_hbone_to(
         .connect(tls::dummy_server_name(), tcp)
         .await?;
     let h2 = H2Client::handshake(tls).await?;
-    Ok(h2
-        .connect(SocketAddr::new(dst, 8080), http::HeaderMap::new())
-        .await?
-        .0)
+    Ok(h2.connect(authority, http::HeaderMap::new()).await?.0)
 }
 
 /// L4 AuthorizationPolicy at the destination sees the waypoint as the principal.
@@ -479,7 +552,7 @@ async fn workload_waypoint_gets_pod_addressed_traffic() {
     let res = parse(&yaml);
     let n1 = node("node1", res.clone(), ca.clone(), |_| {}).await;
     let _n2 = node("node2", res, ca.clone(), |_| {}).await;
-    let seen = waypoint(&t, &ca, id("server-waypoint")).await;
+    let (seen, _) = waypoint(&t, &ca, id("server-waypoint")).await;
     echo(SocketAddr::new(t.server, 8080)).await;
     let dst = SocketAddr::new(t.server, 8080);
     n1.orig.set_outbound(t.client, None, dst);
