@@ -325,6 +325,26 @@ impl Mesh {
         Ok((code.trim().parse().unwrap_or(0), body.to_string()))
     }
 
+    /// Calls an application's own admin endpoint (e.g. `/admin/fail?rate=1`) over the pod's
+    /// loopback, which capture leaves alone: the mesh would rightly refuse a client going around
+    /// a waypoint to reach a single pod.
+    pub fn app_admin(&self, pod: &str, port: u16, path_and_query: &str) -> Result<String> {
+        let url = format!("http://127.0.0.1:{port}{path_and_query}");
+        self.topo
+            .pod(pod)
+            .ns
+            .exec(&["curl", "-sf", "--max-time", "5", &url])
+    }
+
+    /// How many times the waypoint in `pod` has applied a configuration (it logs each reload).
+    pub fn waypoint_generation(&self, pod: &str) -> usize {
+        self.procs
+            .get(pod)
+            .and_then(|p| fs::read_to_string(&p.log).ok())
+            .map(|t| t.matches("configuration reloaded").count())
+            .unwrap_or(0)
+    }
+
     /// Runs `mesh-app load` from a pod and returns its JSON summary.
     pub fn load(
         &self,

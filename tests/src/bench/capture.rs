@@ -35,7 +35,8 @@ pub fn run(opts: &Opts, report: &mut Report) -> Result<()> {
                 serde_json::from_str(&out).context("probe output")
             };
             let res = if client == "cli" {
-                b.through_mesh(probe)
+                b.preflight(client, &format!("http://{addr}/"))
+                    .and_then(|_| b.through_mesh(probe))
             } else {
                 probe(&b)
             };

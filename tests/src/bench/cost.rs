@@ -56,6 +56,7 @@ pub fn cost(opts: &Opts, report: &mut Report) -> Result<()> {
                     tools::load_ok(&v)?;
                     Ok(v)
                 };
+                b.preflight("cli", &url)?;
                 let v = if wp {
                     b.through_waypoint(load)?
                 } else {
@@ -91,8 +92,17 @@ pub fn cost(opts: &Opts, report: &mut Report) -> Result<()> {
                 }
             }
         }
+    }
+    // Memory is measured on fresh ztunnels: one that held 10,000 connections keeps its
+    // allocator's high-water pages, which would inflate every later peak and hide the growth.
+    drop(b);
+    for run in 0..opts.runs {
         println!("  run {}: {IDLE_CONNS} idle tunnelled connections", run + 1);
-        idle_connections(&mut b, report)?;
+        let mut fresh = Bench::new(Want {
+            ztunnels: true,
+            waypoint: false,
+        })?;
+        idle_connections(&mut fresh, report)?;
     }
     for node in ["node1 (client)", "node2 (server)"] {
         let p = format!("ztunnel {node} [ztunnels]");
@@ -211,6 +221,7 @@ pub fn connect_storm(opts: &Opts, report: &mut Report) -> Result<()> {
         let mesh_url = format!("http://{BENCH_VIP}:{PORT}/bytes?n=1");
         let res = (|| -> Result<(f64, f64)> {
             b.ztunnels_up()?;
+            b.preflight("cli", &mesh_url)?;
             let pids = [b.ztunnel_pid("node1")?, b.ztunnel_pid("node2")?];
             let c0 = cpu_all(&pids)?;
             let t0 = Instant::now();

@@ -49,7 +49,15 @@ impl Path {
         }
     }
     /// Runs `f`, first checking that the path really goes through the proxies it names.
-    fn measure<T>(self, b: &mut Bench, f: impl FnOnce(&Bench) -> Result<T>) -> Result<T> {
+    fn measure<T>(
+        self,
+        b: &mut Bench,
+        url: &str,
+        f: impl FnOnce(&Bench) -> Result<T>,
+    ) -> Result<T> {
+        if self != Path::Direct {
+            b.preflight(self.client(), url)?;
+        }
         match self {
             Path::Direct | Path::Nginx => f(b),
             Path::Ztunnels => b.through_mesh(f),
@@ -79,7 +87,7 @@ pub fn latency(opts: &Opts, report: &mut Report) -> Result<()> {
             let mut direct: Option<serde_json::Value> = None;
             for path in paths {
                 let url = format!("{}/bytes?n=1024", path.base(&b, false));
-                let res = path.measure(&mut b, |b| {
+                let res = path.measure(&mut b, &url, |b| {
                     let v = b.load(path.client(), &url, &["-n", &n, "-c", &c, "--rate", &rate])?;
                     tools::load_ok(&v)?;
                     Ok(v)
@@ -162,7 +170,7 @@ pub fn throughput(opts: &Opts, report: &mut Report) -> Result<()> {
                     argv.extend(["--h1", "-c", "64"]);
                 }
                 argv.push(&url);
-                let res = path.measure(&mut b, |b| {
+                let res = path.measure(&mut b, &url, |b| {
                     let out = b.mesh.exec(path.client(), &argv)?;
                     tools::h2load_rps(&String::from_utf8_lossy(&out.stdout))
                 });

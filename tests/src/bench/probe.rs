@@ -107,8 +107,10 @@ pub fn connect_probe(addr: SocketAddr, n: usize) -> Result<()> {
 
 /// The path of this very binary, to re-run it inside a pod.
 pub fn self_exe() -> Result<String> {
-    Ok(std::env::current_exe()
+    let exe = std::env::current_exe()
         .context("locating mesh-bench")?
         .display()
-        .to_string())
+        .to_string();
+    // A rebuild during a run replaces the file; the new binary speaks the same subcommands.
+    Ok(exe.trim_end_matches(" (deleted)").to_string())
 }

@@ -380,6 +380,18 @@ impl Bench {
         Ok(v)
     }
 
+    /// One request with curl before a long measurement, so a broken path fails in seconds
+    /// instead of timing out request by request.
+    pub fn preflight(&self, pod: &str, url: &str) -> Result<()> {
+        match self.mesh.curl(pod, url, &["--max-time", "3"])? {
+            (200, _) => Ok(()),
+            (code, body) => bail!(
+                "preflight {url} from {pod}: HTTP {code} {}",
+                tools::tail(&body, 200)
+            ),
+        }
+    }
+
     /// Requests the waypoint has served so far.
     pub fn waypoint_requests(&self) -> f64 {
         self.mesh

@@ -201,7 +201,7 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
                 .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// Checks a `mesh-app load` summary: every request answered 200, else an error naming the
