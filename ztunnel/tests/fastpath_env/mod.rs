@@ -344,6 +344,9 @@ fn relay_one(cap: Arc<Capture>, cfg: Relay, client: TcpStream, done: &AtomicU64)
                 acted = true;
             }
             if !acted && cfg.forget_after.is_some_and(|n| total >= n) {
+                // Stop reading for a moment first, so bytes are queued for this socket when
+                // it leaves the map.
+                thread::sleep(Duration::from_millis(200));
                 cap.fastpath_forget(sock).expect("forget");
                 acted = true;
             }
