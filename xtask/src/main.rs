@@ -169,9 +169,11 @@ fn cargo(args: &[&str], env: &[(String, String)], extra: &[String], bins: &Path)
 }
 
 fn e2e(bins: &Path, args: &[String]) -> Result<()> {
-    // Namespaces or cgroups from an earlier crashed run would collide with nothing (names are
-    // unique) but would leak; tell the user rather than deleting what another run may own.
-    cargo(&["test", "-p", "mesh-tests"], &[], args, bins)
+    // One mesh at a time: each brings up three nodes and seven pods, and several steps check
+    // latencies (a 2 s fault delay) that a machine running four meshes at once would blur.
+    let mut args = args.to_vec();
+    args.push("--test-threads=1".into());
+    cargo(&["test", "-p", "mesh-tests"], &[], &args, bins)
 }
 
 fn run_harness_bin(root: &Path, name: &str, args: &[String]) -> Result<()> {
