@@ -246,8 +246,7 @@ impl Bench {
         let logs = self.mesh.logs(50);
         let err = logs
             .lines()
-            .filter(|l| l.contains("ERROR"))
-            .next_back()
+            .rfind(|l| l.contains("ERROR"))
             .map(|l| tools::tail(l, 240))
             .unwrap_or_default();
         self.ztunnel_error = Some(format!(
