@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod server;
+mod tunnel;
 
 pub use client::{H2Client, Tunnel};
 pub use server::{Admission, ConnectRequest};
@@ -23,6 +24,9 @@ pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest HTTP/2 frame we accept.
 pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+/// Per-stream send buffer: how much of a tunnel's outgoing data h2 may hold before a write
+/// waits (bounds memory per stream; flow control bounds what is in flight).
+pub const SEND_BUFFER: usize = 1024 * 1024;
 /// Streams a server allows on one connection.
 pub const SERVER_MAX_STREAMS: u32 = 200;
 /// Interval between keepalive pings.
@@ -35,12 +39,37 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum HboneError {
     #[error("HTTP/2: {0}")]
     Http(#[from] hyper::Error),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    /// The peer does not speak HTTP/2 (bad preface or settings).
+    #[error("HTTP/2 handshake (bad preface?): {0}")]
+    Handshake(h2::Error),
     #[error("peer answered CONNECT with {0}")]
     Status(http::StatusCode),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("bad request: {0}")]
     BadRequest(String),
+}
+
+impl HboneError {
+    /// Whether the peer sent something that is not HTTP/2.
+    pub fn is_parse(&self) -> bool {
+        match self {
+            HboneError::Http(e) => e.is_parse(),
+            HboneError::Handshake(_) => true,
+            HboneError::H2(e) => e.reason() == Some(h2::Reason::PROTOCOL_ERROR) && !e.is_remote(),
+            _ => false,
+        }
+    }
+
+    /// Whether the HTTP/2 connection itself failed (as opposed to an answer from the peer).
+    pub fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            HboneError::Http(_) | HboneError::H2(_) | HboneError::Handshake(_)
+        )
+    }
 }
 
 /// `forwarded` header value: `for="<ip:port>"` plus `;host=<hostname>` for service traffic.

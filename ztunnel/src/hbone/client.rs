@@ -1,22 +1,46 @@
 //! HBONE client: one HTTP/2 connection over mTLS, many `CONNECT` tunnels on it.
+//!
+//! Drives `h2` directly (no hyper upgrade layer): a tunnel's writes go straight into the
+//! stream's send queue, so the data path is one task per direction plus the connection task.
 
-use super::STREAM_WINDOW;
-use super::{HboneError, CONNECTION_WINDOW, MAX_FRAME_SIZE, PING_INTERVAL, PING_TIMEOUT};
+use super::{
+    HboneError, CONNECTION_WINDOW, MAX_FRAME_SIZE, PING_INTERVAL, PING_TIMEOUT, SEND_BUFFER,
+    STREAM_WINDOW,
+};
 use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::PingPong;
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use super::tunnel::Tunnel;
 
 /// An established HTTP/2 connection that opens tunnels. Cloning shares the connection.
 #[derive(Clone, Debug)]
 pub struct H2Client {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+/// Pings every [`PING_INTERVAL`]; returns when a pong does not come within [`PING_TIMEOUT`].
+pub(crate) async fn keepalive(mut pp: PingPong) {
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        match tokio::time::timeout(PING_TIMEOUT, pp.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                // Connection already failing; the connection future reports why.
+                std::future::pending::<()>().await;
+            }
+            Err(_) => {
+                tracing::debug!("HBONE peer silent for {PING_TIMEOUT:?}; closing");
+                return;
+            }
+        }
+    }
 }
 
 impl H2Client {
@@ -26,33 +50,45 @@ impl H2Client {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
+        let (sender, mut conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
-            .max_send_buf_size(1024 * 1024)
-            .keep_alive_interval(PING_INTERVAL)
-            .keep_alive_timeout(PING_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(io))
+            .max_send_buffer_size(SEND_BUFFER)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
             .await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let pp = conn.ping_pong();
+        let flag = closed.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HBONE client connection ended");
+            let ka = async move {
+                match pp {
+                    Some(pp) => keepalive(pp).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = &mut conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "HBONE client connection ended");
+                    }
+                }
+                _ = ka => {}
             }
+            flag.store(true, Ordering::Release);
         });
-        Ok(H2Client { sender })
+        Ok(H2Client { sender, closed })
     }
 
     /// Whether the connection can still carry new streams.
     pub fn is_ready(&self) -> bool {
-        self.sender.is_ready() && !self.sender.is_closed()
+        !self.is_closed()
     }
 
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Sends `CONNECT authority` with `headers`; on 200 returns the tunnel and the response
@@ -66,62 +102,16 @@ impl H2Client {
             .method(Method::CONNECT)
             .uri(authority.to_string())
             .version(http::Version::HTTP_2)
-            .body(Empty::<Bytes>::new())
+            .body(())
             .map_err(|e| HboneError::BadRequest(e.to_string()))?;
         *req.headers_mut() = headers;
-        let mut sender = self.sender.clone();
-        let resp = sender.send_request(req).await?;
+        let mut sender = self.sender.clone().ready().await?;
+        let (resp, send) = sender.send_request(req, false)?;
+        let resp = resp.await?;
         if resp.status() != StatusCode::OK {
             return Err(HboneError::Status(resp.status()));
         }
-        let headers = resp.headers().clone();
-        let upgraded = hyper::upgrade::on(resp).await?;
-        Ok((
-            Tunnel {
-                io: TokioIo::new(upgraded),
-            },
-            headers,
-        ))
-    }
-}
-
-/// A byte stream carried in one HTTP/2 `CONNECT` stream. Shutting down the write side sends
-/// END_STREAM (TCP half-close); dropping it resets the stream.
-#[derive(Debug)]
-pub struct Tunnel {
-    io: TokioIo<hyper::upgrade::Upgraded>,
-}
-
-impl Tunnel {
-    pub(crate) fn from_upgraded(u: hyper::upgrade::Upgraded) -> Self {
-        Tunnel {
-            io: TokioIo::new(u),
-        }
-    }
-}
-
-impl AsyncRead for Tunnel {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Tunnel {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let (parts, recv) = resp.into_parts();
+        Ok((Tunnel::new(send, recv), parts.headers))
     }
 }

@@ -4,15 +4,14 @@
 //! policy, destination checks and the upstream dial are the handler's job.
 
 use super::{
-    Tunnel, CONNECTION_WINDOW, MAX_FRAME_SIZE, PING_INTERVAL, PING_TIMEOUT, SERVER_MAX_STREAMS,
+    HboneError, Tunnel, CONNECTION_WINDOW, MAX_FRAME_SIZE, SEND_BUFFER, SERVER_MAX_STREAMS,
     STREAM_WINDOW,
 };
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use h2::server::SendResponse;
+use h2::RecvStream;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,15 +48,16 @@ impl std::fmt::Debug for Admission {
     }
 }
 
-fn status(code: StatusCode) -> Response<Empty<Bytes>> {
-    let mut r = Response::new(Empty::new());
+fn status(code: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
     *r.status_mut() = code;
     r
 }
 
 /// Serves HBONE on `io` until the peer goes away or `shutdown` resolves (then GOAWAY is sent
-/// and open tunnels may finish).
-pub async fn serve<I, H, F, S>(io: I, handler: H, shutdown: S) -> Result<(), hyper::Error>
+/// and open tunnels may finish). A connection that is not HTTP/2 fails with an error whose
+/// [`HboneError::is_parse`] is true.
+pub async fn serve<I, H, F, S>(io: I, handler: H, shutdown: S) -> Result<(), HboneError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(ConnectRequest) -> F + Send + Sync + 'static,
@@ -65,56 +65,78 @@ where
     S: Future<Output = ()>,
 {
     let handler = Arc::new(handler);
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let handler = handler.clone();
-        async move {
-            if req.method() != Method::CONNECT {
-                return Ok::<_, std::convert::Infallible>(status(StatusCode::BAD_REQUEST));
-            }
-            let Some(authority) = req
-                .uri()
-                .authority()
-                .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-            else {
-                return Ok(status(StatusCode::BAD_REQUEST));
-            };
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            let creq = ConnectRequest {
-                authority,
-                headers: std::mem::take(req.headers_mut()),
-            };
-            match handler(creq).await {
-                Admission::Reject(code) => Ok(status(code)),
-                Admission::Accept { headers, task } => {
-                    tokio::spawn(async move {
-                        match on_upgrade.await {
-                            Ok(u) => task(Tunnel::from_upgraded(u)).await,
-                            Err(e) => tracing::debug!(error = %e, "HBONE upgrade failed"),
-                        }
-                    });
-                    let mut r = status(StatusCode::OK);
-                    *r.headers_mut() = headers;
-                    Ok(r)
-                }
-            }
-        }
-    });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
+    let mut conn = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_concurrent_streams(SERVER_MAX_STREAMS)
-        .max_send_buf_size(1024 * 1024)
-        .keep_alive_interval(PING_INTERVAL)
-        .keep_alive_timeout(PING_TIMEOUT)
-        .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+        .max_send_buffer_size(SEND_BUFFER)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(HboneError::Handshake)?;
+    let keepalive = {
+        let pp = conn.ping_pong();
+        async move {
+            match pp {
+                Some(pp) => super::client::keepalive(pp).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    tokio::pin!(keepalive);
+    tokio::pin!(shutdown);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            req = conn.accept() => match req {
+                Some(Ok((req, respond))) => {
+                    let handler = handler.clone();
+                    tokio::spawn(async move { handle(req, respond, &*handler).await });
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+            _ = &mut shutdown, if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            _ = &mut keepalive => return Ok(()),
+        }
+    }
+}
+
+async fn handle<H, F>(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, handler: &H)
+where
+    H: Fn(ConnectRequest) -> F,
+    F: Future<Output = Admission>,
+{
+    let reject = |mut respond: SendResponse<Bytes>, code| {
+        let _ = respond.send_response(status(code), true);
+    };
+    if req.method() != Method::CONNECT {
+        return reject(respond, StatusCode::BAD_REQUEST);
+    }
+    let Some(authority) = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+    else {
+        return reject(respond, StatusCode::BAD_REQUEST);
+    };
+    let (parts, body) = req.into_parts();
+    let creq = ConnectRequest {
+        authority,
+        headers: parts.headers,
+    };
+    match handler(creq).await {
+        Admission::Reject(code) => reject(respond, code),
+        Admission::Accept { headers, task } => {
+            let mut r = status(StatusCode::OK);
+            *r.headers_mut() = headers;
+            match respond.send_response(r, false) {
+                Ok(send) => task(Tunnel::new(send, body)).await,
+                Err(e) => tracing::debug!(error = %e, "HBONE stream gone before 200"),
+            }
         }
     }
 }

@@ -135,7 +135,7 @@ impl Pool {
                         _guard: guard,
                     })
                 }
-                Err(HboneError::Http(e)) if !fresh && !retried => {
+                Err(e) if e.is_connection() && !fresh && !retried => {
                     tracing::debug!(error = %e, "pooled HBONE connection is dead; redialing");
                     self.evict(&key, &conn);
                     retried = true;
