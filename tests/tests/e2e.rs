@@ -159,3 +159,55 @@ fn ztunnel_restart_reenrols_without_duplicates() {
         "programs attached twice after a restart"
     );
 }
+
+/// Inbound plaintext to an enrolled pod: refused under STRICT; under PERMISSIVE it is steered
+/// by eBPF (sk_lookup) to ztunnel's 15006 listener, delivered, and counted as `none`.
+#[test]
+fn inbound_plaintext_strict_refused_permissive_counted() {
+    let mesh = demo_mesh();
+    let details = mesh.pod_ip("details-v1");
+    let url = format!("http://{details}:9080/details");
+    // A node namespace is outside the mesh: its connections are plaintext.
+    let node1 = &mesh.topo.node("node1").ns;
+    let plain = || {
+        node1
+            .exec(&[
+                "sh",
+                "-c",
+                &format!("curl -s --max-time 3 -o /dev/null -w '%{{http_code}}' {url} || true"),
+            ])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_ne!(
+        plain(),
+        "200",
+        "plaintext reached a pod under mesh-wide STRICT"
+    );
+    let permissive = mesh_tests::config::peer_authentication("default", "permissive", "PERMISSIVE");
+    mesh.write_config("55-permissive.yaml", &permissive)
+        .unwrap();
+    let mut got = String::new();
+    for _ in 0..50 {
+        got = plain();
+        if got == "200" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(got, "200", "PERMISSIVE did not accept plaintext");
+    let m = mesh.ztunnel_metrics("node2").unwrap();
+    let counted = metric_sum(
+        &m,
+        "istio_tcp_connections_opened_total",
+        &[
+            "destination_workload=\"details-v1\"",
+            "connection_security_policy=\"none\"",
+        ],
+    );
+    assert!(
+        counted >= 1.0,
+        "plaintext connection not counted as `none`:\n{m}"
+    );
+}
