@@ -70,16 +70,6 @@ async fn echo(l: TcpListener) {
     }
 }
 
-/// The HBONE socket, with a read buffer under TLS unless `HBONE_BENCH_UNBUFFERED` is set.
-fn io(tcp: TcpStream) -> tls::BufferedIo<TcpStream> {
-    static UNBUFFERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *UNBUFFERED.get_or_init(|| std::env::var_os("HBONE_BENCH_UNBUFFERED").is_some()) {
-        tls::BufferedIo::unbuffered(tcp)
-    } else {
-        tls::BufferedIo::new(tcp)
-    }
-}
-
 /// The inbound ztunnel: TLS + HBONE server; each CONNECT is relayed to its authority.
 async fn inbound(l: TcpListener, cfg: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -88,7 +78,7 @@ async fn inbound(l: TcpListener, cfg: Arc<rustls::ServerConfig>) {
         tcp.set_nodelay(true).unwrap();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(io(tcp)).await else {
+            let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
             let handler = |req: ConnectRequest| async move {
@@ -198,7 +188,7 @@ async fn run() {
         let tcp = TcpStream::connect(in_a).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let tls = tokio_rustls::TlsConnector::from(ccfg.clone())
-            .connect(tls::dummy_server_name(), io(tcp))
+            .connect(tls::dummy_server_name(), tcp)
             .await
             .unwrap();
         H2Client::handshake(tls).await.unwrap()

@@ -17,11 +17,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
     RootCertStore, ServerConfig, SignatureScheme,
 };
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// ALPN protocol of HBONE.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -249,99 +245,4 @@ pub fn peer_identity(conn: &rustls::CommonState) -> Option<Identity> {
     conn.peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| identity_from_cert(c))
-}
-
-/// Read buffer of [`BufferedIo`].
-const READ_BUF: usize = 64 * 1024;
-
-/// A socket with a read buffer, to put *under* a TLS stream.
-///
-/// rustls reads the network at most 4 KiB at a time, so a 16 KiB record costs about four
-/// `recv` calls; through this wrapper one `recv` of up to 64 KiB serves a burst of records.
-/// The buffer is allocated on first use. Writes go straight to the socket (rustls already
-/// hands over whole records, vectored).
-#[derive(Debug)]
-pub struct BufferedIo<S> {
-    io: S,
-    buf: Box<[u8]>,
-    pos: usize,
-    len: usize,
-    bypass: bool,
-}
-
-impl<S> BufferedIo<S> {
-    pub fn new(io: S) -> Self {
-        BufferedIo {
-            io,
-            buf: Box::default(),
-            pos: 0,
-            len: 0,
-            bypass: false,
-        }
-    }
-    /// The same type without the read buffer (for comparisons).
-    pub fn unbuffered(io: S) -> Self {
-        BufferedIo {
-            bypass: true,
-            ..Self::new(io)
-        }
-    }
-    pub fn get_ref(&self) -> &S {
-        &self.io
-    }
-    pub fn into_inner(self) -> S {
-        self.io
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for BufferedIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.pos == this.len {
-            if this.bypass || out.remaining() >= READ_BUF {
-                return Pin::new(&mut this.io).poll_read(cx, out);
-            }
-            if this.buf.is_empty() {
-                this.buf = vec![0; READ_BUF].into_boxed_slice();
-            }
-            let mut rb = ReadBuf::new(&mut this.buf);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
-            this.pos = 0;
-            this.len = rb.filled().len();
-        }
-        let n = (this.len - this.pos).min(out.remaining());
-        out.put_slice(&this.buf[this.pos..this.pos + n]);
-        this.pos += n;
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for BufferedIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
