@@ -177,3 +177,74 @@ impl AsyncWrite for Tunnel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::hbone::{server, Admission, ConnectRequest, H2Client};
+    use http::HeaderMap;
+    use std::io::ErrorKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HBONE client/server pair over an in-memory pipe; the server task either echoes the
+    /// byte count after EOF (`reset == false`) or drops the tunnel after the first read.
+    async fn pair(reset: bool) -> H2Client {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(server::serve(
+            b,
+            move |_req: ConnectRequest| async move {
+                Admission::Accept {
+                    headers: HeaderMap::new(),
+                    task: Box::new(move |mut t| {
+                        Box::pin(async move {
+                            let mut buf = vec![0u8; 64 * 1024];
+                            let mut n = 0u64;
+                            loop {
+                                let k = t.read(&mut buf).await.unwrap();
+                                if reset {
+                                    return; // drop: RST_STREAM(CANCEL)
+                                }
+                                if k == 0 {
+                                    break;
+                                }
+                                n += k as u64;
+                            }
+                            t.write_all(&n.to_be_bytes()).await.unwrap();
+                            t.shutdown().await.unwrap();
+                        })
+                    }),
+                }
+            },
+            std::future::pending(),
+        ));
+        H2Client::handshake(a).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn half_close_both_ways_with_backpressure() {
+        let c = pair(false).await;
+        let (mut t, _) = c
+            .connect("127.0.0.1:80".parse().unwrap(), HeaderMap::new())
+            .await
+            .unwrap();
+        // More than the stream window, so the writer must wait for window updates.
+        let data = vec![7u8; 9 * 1024 * 1024];
+        t.write_all(&data).await.unwrap();
+        t.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        t.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, (data.len() as u64).to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn peer_reset_reads_as_connection_reset() {
+        let c = pair(true).await;
+        let (mut t, _) = c
+            .connect("127.0.0.1:80".parse().unwrap(), HeaderMap::new())
+            .await
+            .unwrap();
+        t.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 16];
+        let e = t.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+    }
+}
