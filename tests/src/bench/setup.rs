@@ -353,15 +353,17 @@ impl Bench {
             .ok_or_else(|| anyhow!("no waypoint"))
     }
 
-    /// Connections the destination ztunnel has opened so far (to prove traffic was tunnelled).
+    /// Connections the client's ztunnel has opened so far (to prove traffic was captured). The
+    /// source side is the one to count: through a waypoint, the destination ztunnel sees only
+    /// the waypoint's pooled upstream connections, which open once and stay.
     pub fn tunnelled_connections(&self) -> f64 {
         self.mesh
-            .ztunnel_metrics("node2")
+            .ztunnel_metrics("node1")
             .map(|m| tools::metric_sum(&m, "istio_tcp_connections_opened_total"))
             .unwrap_or(0.0)
     }
 
-    /// Runs `f` and fails unless the destination ztunnel counted new connections meanwhile:
+    /// Runs `f` and fails unless the client's ztunnel counted new connections meanwhile:
     /// with ztunnel down, an enrolled pod's traffic would flow directly and a "mesh" number
     /// would really be a direct one.
     pub fn through_mesh<T>(&mut self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
@@ -371,7 +373,7 @@ impl Bench {
         let after = self.tunnelled_connections();
         if after <= before {
             bail!(
-                "traffic did not go through ztunnel (node2 istio_tcp_connections_opened_total \
+                "traffic did not go through ztunnel (node1 istio_tcp_connections_opened_total \
                  {before} → {after})"
             );
         }
