@@ -388,8 +388,8 @@ pub fn retries(mesh: &Mesh, progress: Progress) -> Result<Vec<StepReport>> {
     )?;
     let s = mesh.load(CLIENT, REVIEWS_URL, 400, 8, &[])?;
     let ok = count(&s, "by_status", "200");
-    // 0.5^6 per request: about 1 in 64 fails even after 5 retries.
-    r.check("answered 200", format!("{ok}/400"), "≥ 97%", ok >= 388);
+    // 0.5^6 per request: about 1 in 64 fails even after 5 retries (≈6 of 400); 16 is 4σ out.
+    r.check("answered 200", format!("{ok}/400"), "≥ 96%", ok >= 384);
     r.notes.push(latency_note(&s));
     out.push(r);
     mesh.app_admin("reviews-v3", 9080, "/admin/fail?rate=0")?;
