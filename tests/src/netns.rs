@@ -176,35 +176,13 @@ impl Proc {
         envs: &[(String, String)],
         log_dir: &Path,
     ) -> Result<Proc> {
-        use std::os::unix::process::CommandExt;
         let log = log_dir.join(format!("{name}.log"));
         let file = fs::File::create(&log)?;
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(nsenter_net(ns)).arg("--").args(argv);
-                c
-            }
-            None => {
-                let mut c = Command::new(&argv[0]);
-                c.args(&argv[1..]);
-                c
-            }
-        };
+        let mut cmd = command_in(ns, cgroup, argv);
         cmd.envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
-        if let Some(cg) = cgroup {
-            let procs = cg.join("cgroup.procs");
-            // SAFETY: only async-signal-safe work between fork and exec: open/write/close.
-            unsafe {
-                cmd.pre_exec(move || {
-                    fs::write(&procs, b"0")?;
-                    Ok(())
-                });
-            }
-        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {argv:?}"))?;
@@ -295,12 +273,34 @@ pub fn sweep() -> Result<usize> {
 /// Runs `argv` to completion inside netns `ns` and cgroup `cgroup` (so eBPF capture attached to
 /// that cgroup applies to it), returning its output whatever the exit status.
 pub fn output_in(ns: &str, cgroup: Option<&Path>, argv: &[&str]) -> Result<std::process::Output> {
+    command_in(Some(ns), cgroup, argv)
+        .output()
+        .with_context(|| format!("running {argv:?} in {ns}"))
+}
+
+/// The command running `argv` inside netns `ns` (the caller's when `None`) and, when given,
+/// cgroup `cgroup`, joined before exec so the program never runs outside it.
+fn command_in<S: AsRef<std::ffi::OsStr>>(
+    ns: Option<&str>,
+    cgroup: Option<&Path>,
+    argv: &[S],
+) -> Command {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(nsenter_net(ns)).arg("--").args(argv);
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(nsenter_net(ns)).arg("--").args(argv);
+            c
+        }
+        None => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
     if let Some(cg) = cgroup {
         let procs = cg.join("cgroup.procs");
-        // SAFETY: only open/write/close between fork and exec.
+        // SAFETY: only async-signal-safe work between fork and exec: open/write/close.
         unsafe {
             cmd.pre_exec(move || {
                 fs::write(&procs, b"0")?;
@@ -308,6 +308,5 @@ pub fn output_in(ns: &str, cgroup: Option<&Path>, argv: &[&str]) -> Result<std::
             });
         }
     }
-    cmd.output()
-        .with_context(|| format!("running {argv:?} in {ns}"))
+    cmd
 }
