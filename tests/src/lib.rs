@@ -5,4 +5,5 @@ pub mod config;
 pub mod mesh;
 pub mod netns;
 pub mod scenarios;
+pub mod tcpcheck;
 pub mod topology;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::{self, PodDef};
-use crate::netns::{output_in, Proc};
+use crate::netns::{output_in, Cgroup, Proc};
 use crate::topology::Topology;
 
 /// How ztunnel redirects pod traffic in this mesh.
@@ -63,6 +63,12 @@ pub struct Mesh {
     pub capture: CaptureMode,
     pub pods: BTreeMap<String, PodDef>,
     pub ztunnels: BTreeMap<String, Proc>,
+    /// Each node's ztunnel runs in a cgroup of its own, as a DaemonSet pod would (the fast
+    /// path attaches `sock_ops` there); kept across restarts of the process.
+    pub ztunnel_cgroups: BTreeMap<String, Cgroup>,
+    /// `MESH_FASTPATH` given to ztunnels started from now on (`on`/`off`); defaults to the
+    /// harness's own environment.
+    pub fastpath: &'static str,
     pub procs: BTreeMap<String, Proc>,
     pub config_dir: PathBuf,
     pub ca_dir: PathBuf,
@@ -92,6 +98,8 @@ impl Mesh {
             capture,
             pods: BTreeMap::new(),
             ztunnels: BTreeMap::new(),
+            ztunnel_cgroups: BTreeMap::new(),
+            fastpath: fastpath_switch(),
             procs: BTreeMap::new(),
             config_dir,
             ca_dir,
@@ -208,6 +216,9 @@ impl Mesh {
                 "MESH_EBPF_OBJECT".into(),
                 ebpf_object().display().to_string(),
             ),
+            // The sockmap fast path follows the harness's environment (`cargo xtask e2e` runs
+            // the suite with it off, then on).
+            ("MESH_FASTPATH".into(), self.fastpath.into()),
         ]
     }
 
@@ -225,10 +236,19 @@ impl Mesh {
             argv.extend(["--capture".into(), "none".into()]);
         }
         let name = format!("ztunnel-{node}");
+        if !self.ztunnel_cgroups.contains_key(node) {
+            let parent = self.topo.cgroup_parent();
+            let rel = parent
+                .strip_prefix(crate::netns::CGROUP2_ROOT)
+                .unwrap_or(&parent);
+            let cg = Cgroup::create(&format!("{}/{name}", rel.display()))?;
+            self.ztunnel_cgroups.insert(node.to_string(), cg);
+        }
+        let cgroup = self.ztunnel_cgroups[node].path.clone();
         let proc = Proc::spawn(
             &name,
             Some(&n.ns.name),
-            None,
+            Some(&cgroup),
             &argv,
             &self.common_env(),
             &self.log_dir,
@@ -239,6 +259,19 @@ impl Mesh {
             "127.0.0.1:15021",
             &format!("ztunnel on {node}"),
         )
+    }
+
+    /// Stops every running ztunnel (SIGTERM, SIGKILL after 3 s) and starts it again, e.g. after
+    /// changing [`Mesh::fastpath`]; pods are enrolled again by the new process.
+    pub fn restart_ztunnels(&mut self) -> Result<()> {
+        let nodes: Vec<String> = self.ztunnels.keys().cloned().collect();
+        for n in nodes {
+            if let Some(mut p) = self.ztunnels.remove(&n) {
+                p.stop(Duration::from_secs(3));
+            }
+            self.start_ztunnel(&n)?;
+        }
+        Ok(())
     }
 
     pub fn start_all_ztunnels(&mut self) -> Result<()> {
@@ -305,6 +338,25 @@ impl Mesh {
             &self.log_dir,
         )?;
         self.procs.insert(pod.to_string(), proc);
+        self.wait_listening(&ns, port)
+    }
+
+    /// Starts `mesh-app <args>` in a pod (its netns and cgroup) as process `name`, and waits
+    /// until something listens on `port` there.
+    pub fn start_in_pod(&mut self, pod: &str, name: &str, args: &[&str], port: u16) -> Result<()> {
+        let p = self.topo.pod(pod);
+        let mut argv = vec![bin("mesh-app").display().to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let ns = p.ns.name.clone();
+        let proc = Proc::spawn(
+            name,
+            Some(&ns),
+            Some(&p.cgroup.path),
+            &argv,
+            &[],
+            &self.log_dir,
+        )?;
+        self.procs.insert(name.to_string(), proc);
         self.wait_listening(&ns, port)
     }
 
@@ -506,4 +558,19 @@ fn pod_def_from_yaml(v: &serde_yaml::Value) -> Result<PodDef> {
 /// Convenience for tests: write a standard set of namespace/pod/service docs.
 pub fn pods_yaml(pods: &[&PodDef]) -> String {
     config::docs(&pods.iter().map(|p| config::pod(p)).collect::<Vec<_>>())
+}
+
+/// `MESH_FASTPATH` as the harness was started with: `on` or `off` (the default).
+pub fn fastpath_switch() -> &'static str {
+    match std::env::var("MESH_FASTPATH").as_deref() {
+        Ok(v)
+            if matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "on" | "1" | "true" | "yes"
+            ) =>
+        {
+            "on"
+        }
+        _ => "off",
+    }
 }

@@ -173,7 +173,19 @@ fn e2e(bins: &Path, args: &[String]) -> Result<()> {
     // latencies (a 2 s fault delay) that a machine running four meshes at once would blur.
     let mut args = args.to_vec();
     args.push("--test-threads=1".into());
-    cargo(&["test", "-p", "mesh-tests"], &[], &args, bins)
+    // The sockmap fast path is an accelerator that must be transparent: the whole suite runs
+    // with it off, then on, unless MESH_FASTPATH picks one.
+    let modes: Vec<String> = match std::env::var("MESH_FASTPATH") {
+        Ok(m) if !m.is_empty() => vec![m],
+        _ => vec!["off".into(), "on".into()],
+    };
+    for mode in modes {
+        println!("end-to-end suite with MESH_FASTPATH={mode}");
+        let env = [("MESH_FASTPATH".to_string(), mode.clone())];
+        cargo(&["test", "-p", "mesh-tests"], &env, &args, bins)
+            .with_context(|| format!("end-to-end suite with MESH_FASTPATH={mode}"))?;
+    }
+    Ok(())
 }
 
 fn run_harness_bin(root: &Path, name: &str, args: &[String]) -> Result<()> {

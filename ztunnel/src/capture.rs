@@ -35,6 +35,14 @@ impl OrigDstSource for EbpfCapture {
         }
         Some(dst)
     }
+
+    fn delivery(&self, sock: BorrowedFd<'_>) {
+        // The application's accepted socket is registered by the kernel (pod cgroup's
+        // sock_ops); ours must be in the map before our first write to it.
+        if let Err(e) = self.0.accelerate(sock) {
+            tracing::debug!("fast path not set up for a delivery connection: {e}");
+        }
+    }
 }
 
 impl CaptureHook for EbpfCapture {

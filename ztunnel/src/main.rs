@@ -108,6 +108,8 @@ async fn main() -> anyhow::Result<()> {
     cfg.drain_timeout = Duration::from_secs(cli.drain_secs);
     cfg.ebpf_object = cli.ebpf_object.clone();
 
+    // Kept until exit: dropping it detaches sock_ops from ztunnel's cgroup.
+    let mut proxy_cgroup_link = None;
     let (orig_dst, capture): (Arc<dyn OrigDstSource>, Option<Arc<dyn CaptureHook>>) =
         match cli.capture {
             Capture::None => {
@@ -122,6 +124,15 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(ztunnel::redirect::object_path);
                 let c = ztunnel::redirect::Capture::load(&obj)
                     .with_context(|| format!("loading eBPF capture from {}", obj.display()))?;
+                // With the fast path on, the kernel registers ztunnel's in-pod sockets as soon
+                // as they are established, so even a client that writes first is accelerated.
+                match c.attach_own_cgroup() {
+                    Ok(Some(link)) => proxy_cgroup_link = Some(link),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(
+                        "fast path: ztunnel's own sockets are registered from userspace only: {e}"
+                    ),
+                }
                 let c = Arc::new(ztunnel::capture::EbpfCapture(Arc::new(c)));
                 (c.clone(), Some(c))
             }
@@ -179,5 +190,6 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
     }
     zt.shutdown().await;
+    drop(proxy_cgroup_link);
     Ok(())
 }

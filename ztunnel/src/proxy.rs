@@ -63,6 +63,9 @@ pub trait OrigDstSource: Send + Sync + std::fmt::Debug {
     fn inbound(&self, _pod: IpAddr, _peer: SocketAddr, local: SocketAddr) -> SocketAddr {
         local
     }
+    /// Called with the socket ztunnel just connected to a pod's application (delivery), before
+    /// anything is written to it: the eBPF source puts it on the sockmap fast path.
+    fn delivery(&self, _sock: BorrowedFd<'_>) {}
 }
 
 /// A table of original destinations filled by tests (or by a harness without eBPF); falls
@@ -335,5 +338,13 @@ pub(crate) fn tcp_labels(
         request_protocol: "tcp".into(),
         response_flags: "-".into(),
         connection_security_policy: security.into(),
+    }
+}
+
+/// Make the coming close of `s` send RST instead of FIN (`SO_LINGER` 0): how a broken stream is
+/// passed on to a peer that would otherwise read a clean, and wrong, end of stream.
+pub(crate) fn abort(s: &tokio::net::TcpStream) {
+    if let Err(e) = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO)) {
+        tracing::debug!("could not arm a reset on close: {e}");
     }
 }

@@ -284,6 +284,22 @@ impl Capture {
         Ok(Some(ProxyCgroupLink { _link: link }))
     }
 
+    /// [`Capture::attach_proxy_cgroup`] on the cgroup this process runs in, when that is a
+    /// cgroup of its own: never the root cgroup, where the program would see every socket of
+    /// the machine. `Ok(None)`: the fast path is off, or ztunnel shares the root cgroup (then
+    /// its sockets are registered from userspace only, see [`Capture::accelerate`]).
+    pub fn attach_own_cgroup(&self) -> Result<Option<ProxyCgroupLink>, RedirectError> {
+        if !self.shared.fastpath.active() {
+            return Ok(None);
+        }
+        match sys::own_cgroup() {
+            Some(cg) if cg.parent().is_some() && sys::is_cgroup2(&cg) && !is_cgroup_root(&cg) => {
+                self.attach_proxy_cgroup(&cg)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Delete `sock` from the fast path's sockhash outright. Not for ztunnel: bytes queued for
     /// the socket's reader are discarded by the kernel (use [`Capture::decelerate`]); kept for
     /// the test that documents it.
@@ -376,4 +392,9 @@ fn load_error(program: &'static str, e: ProgramError) -> RedirectError {
         },
         other => RedirectError::kernel(format!("loading program {program}"), other),
     }
+}
+
+/// Whether `cg` is the root of its cgroup v2 hierarchy (its parent is not cgroup v2).
+fn is_cgroup_root(cg: &Path) -> bool {
+    cg.parent().is_none_or(|p| !sys::is_cgroup2(p))
 }

@@ -17,6 +17,8 @@ enum Path {
     Direct,
     Nginx,
     Ztunnels,
+    /// Through the ztunnels restarted with the sockmap fast path on.
+    Fastpath,
     Waypoint,
 }
 
@@ -26,13 +28,14 @@ impl Path {
             Path::Direct => "direct",
             Path::Nginx => "nginx proxy",
             Path::Ztunnels => "ztunnels",
+            Path::Fastpath => "ztunnels+fastpath",
             Path::Waypoint => "ztunnels+waypoint",
         }
     }
     fn client(self) -> &'static str {
         match self {
             Path::Direct | Path::Nginx => "cli-direct",
-            Path::Ztunnels | Path::Waypoint => "cli",
+            Path::Ztunnels | Path::Fastpath | Path::Waypoint => "cli",
         }
     }
     /// Base URL (no path); nginx listens on 8081 for HTTP/1.1 and 8082 for h2c.
@@ -44,7 +47,7 @@ impl Path {
                 b.ip("proxy"),
                 if h2 { NGINX_H2 } else { NGINX_H1 }
             ),
-            Path::Ztunnels => format!("http://{BENCH_VIP}:{PORT}"),
+            Path::Ztunnels | Path::Fastpath => format!("http://{BENCH_VIP}:{PORT}"),
             Path::Waypoint => format!("http://{WP_VIP}:{PORT}"),
         }
     }
@@ -61,6 +64,7 @@ impl Path {
         match self {
             Path::Direct | Path::Nginx => f(b),
             Path::Ztunnels => b.through_mesh(f),
+            Path::Fastpath => b.through_fastpath(f),
             Path::Waypoint => b.through_waypoint(f),
         }
     }
@@ -79,16 +83,53 @@ pub fn latency(opts: &Opts, report: &mut Report) -> Result<()> {
     let secs = opts.secs(5) as u32;
     let n = (LATENCY_RATE * secs).to_string();
     let rate = LATENCY_RATE.to_string();
-    let paths = [Path::Direct, Path::Ztunnels, Path::Waypoint];
+    // Fast path off (direct, ztunnels, waypoint), then the ztunnels restarted with it on
+    // (direct again as that pass's baseline).
+    for (fastpath, paths) in [
+        (false, &[Path::Direct, Path::Ztunnels, Path::Waypoint][..]),
+        (true, &[Path::Direct, Path::Fastpath][..]),
+    ] {
+        if fastpath {
+            if let Err(e) = b.set_fastpath(true) {
+                println!("  fast path pass: {e:#}");
+            }
+        }
+        latency_pass(&mut b, opts, report, paths, &n, &rate)?;
+    }
+    for conns in [1, 64] {
+        report.target(
+            S,
+            &format!("{conns} conn added p90"),
+            "ztunnels",
+            "ms",
+            "≤ 0.17 (Istio)",
+        );
+        for label in ["ztunnels", "ztunnels+fastpath"] {
+            report.target(S, &format!("{conns} conn added p99"), label, "ms", "≤ 0.20");
+        }
+    }
+    Ok(())
+}
+
+/// One pass of the latency runs over `paths` (the first must be [`Path::Direct`]).
+fn latency_pass(
+    b: &mut Bench,
+    opts: &Opts,
+    report: &mut Report,
+    paths: &[Path],
+    n: &str,
+    rate: &str,
+) -> Result<()> {
+    const S: &str = "http-latency";
     for run in 0..opts.runs {
         for conns in [1u32, 64] {
             println!("  run {}: {conns} conn(s) at {LATENCY_RATE} req/s", run + 1);
             let c = conns.to_string();
             let mut direct: Option<serde_json::Value> = None;
-            for path in paths {
-                let url = format!("{}/bytes?n=1024", path.base(&b, false));
-                let res = path.measure(&mut b, &url, |b| {
-                    let v = b.load(path.client(), &url, &["-n", &n, "-c", &c, "--rate", &rate])?;
+            for &path in paths {
+                let url = format!("{}/bytes?n=1024", path.base(b, false));
+                let res = path.measure(b, &url, |b| {
+                    let v = b.load(path.client(), &url, &["-n", n, "-c", &c, "--rate", rate])?;
                     tools::load_ok(&v)?;
                     Ok(v)
                 });
@@ -117,22 +158,6 @@ pub fn latency(opts: &Opts, report: &mut Report) -> Result<()> {
                 }
             }
         }
-    }
-    for conns in [1, 64] {
-        report.target(
-            S,
-            &format!("{conns} conn added p90"),
-            "ztunnels",
-            "ms",
-            "≤ 0.17 (Istio)",
-        );
-        report.target(
-            S,
-            &format!("{conns} conn added p99"),
-            "ztunnels",
-            "ms",
-            "≤ 0.20",
-        );
     }
     Ok(())
 }

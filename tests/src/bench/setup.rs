@@ -74,6 +74,9 @@ impl Bench {
             ("srv", "node2", "bench", vec![]),
             ("srv-direct", "node2", "bench-direct", none()),
             ("srv-wp", "node2", "bench-wp", vec![]),
+            // Same-node pair (ztunnel's same-node short path, no TLS over loopback).
+            ("srv-near", "node1", "", vec![]),
+            ("srv-near-direct", "node1", "", none()),
             ("proxy", "node2", "", none()),
             ("wp", "node2", "", {
                 let mut l = none();
@@ -391,6 +394,39 @@ impl Bench {
                 tools::tail(&body, 200)
             ),
         }
+    }
+
+    /// Restarts the ztunnels with the sockmap fast path on or off (pods are enrolled again).
+    pub fn set_fastpath(&mut self, on: bool) -> Result<()> {
+        self.ztunnels_up()?;
+        self.mesh.fastpath = if on { "on" } else { "off" };
+        if let Err(e) = self.mesh.restart_ztunnels() {
+            self.ztunnel_error = Some(format!("ztunnel did not restart: {e:#}"));
+            bail!("ztunnel did not restart: {e:#}");
+        }
+        Ok(())
+    }
+
+    /// Bytes the client node's ztunnel has moved on the sockmap fast path so far.
+    pub fn fastpath_bytes(&self) -> f64 {
+        self.mesh
+            .ztunnel_metrics("node1")
+            .map(|m| tools::metric_sum(&m, "ztunnel_fastpath_bytes_redirected_total"))
+            .unwrap_or(0.0)
+    }
+
+    /// Like [`Bench::through_mesh`], also requiring bytes to have taken the fast path.
+    pub fn through_fastpath<T>(&mut self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        let before = self.fastpath_bytes();
+        let v = self.through_mesh(f)?;
+        let after = self.fastpath_bytes();
+        if after <= before {
+            bail!(
+                "no bytes took the fast path (node1 ztunnel_fastpath_bytes_redirected_total \
+                 {before} → {after}); is MESH_FASTPATH=on honoured?"
+            );
+        }
+        Ok(v)
     }
 
     /// Requests the waypoint has served so far.

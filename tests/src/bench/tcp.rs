@@ -1,5 +1,7 @@
 //! `tcp-throughput`: iperf3 pod to pod across nodes, one stream and eight, direct versus
-//! through two ztunnels (HBONE mTLS). The ratio is taken per run, so a noisy neighbour slows
+//! through two ztunnels (HBONE mTLS), with the sockmap fast path off and then on; and one
+//! stream between two pods of one node (ztunnel's same-node short path: policy and telemetry,
+//! no TLS over loopback). The ratio is taken per run, so a noisy neighbour slows
 //! both sides of it alike.
 
 use anyhow::Result;
@@ -16,7 +18,7 @@ pub fn run(opts: &Opts, report: &mut Report) -> Result<()> {
         ztunnels: true,
         waypoint: false,
     })?;
-    for srv in ["srv-direct", "srv"] {
+    for srv in ["srv-direct", "srv", "srv-near-direct", "srv-near"] {
         let argv: Vec<String> = ["iperf3", "-s", "-p", &IPERF_PORT.to_string()]
             .iter()
             .map(|s| s.to_string())
@@ -25,38 +27,67 @@ pub fn run(opts: &Opts, report: &mut Report) -> Result<()> {
         b.wait_port(srv, IPERF_PORT)?;
     }
     let secs = opts.secs(5).to_string();
-    for run in 0..opts.runs {
-        for (streams, label) in [(1u32, "1 stream"), (8, "8 streams")] {
-            println!("  run {}: {label}", run + 1);
-            let p = streams.to_string();
-            let iperf = |b: &Bench, client: &str, server: &str| -> Result<f64> {
-                let ip = b.ip(server).to_string();
-                let out = b.mesh.exec(
-                    client,
-                    &[
-                        "iperf3", "-c", &ip, "-p", "5201", "-t", &secs, "-P", &p, "-J",
-                    ],
-                )?;
-                tools::iperf3_gbits(&out.stdout)
-            };
-            let direct = iperf(&b, "cli-direct", "srv-direct");
-            let mesh = b.through_mesh(|b| iperf(b, "cli", "srv"));
-            let ratio = match (&direct, &mesh) {
-                (Ok(d), Ok(m)) => Ok(m / d),
-                (_, Err(e)) | (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
-            };
-            report.record(SCENARIO, label, "direct", "Gbit/s", direct);
-            report.record(SCENARIO, label, "ztunnels", "Gbit/s", mesh);
-            report.record(
-                SCENARIO,
-                &format!("{label} ratio"),
-                "ztunnels/direct",
-                "×",
-                ratio,
-            );
+    // Two passes: ztunnels with the sockmap fast path off, then restarted with it on; each
+    // run measures direct in the same breath, so every ratio compares like with like.
+    for fastpath in [false, true] {
+        let mesh_label = if fastpath {
+            "ztunnels+fastpath"
+        } else {
+            "ztunnels"
+        };
+        if fastpath {
+            if let Err(e) = b.set_fastpath(true) {
+                println!("  fast path pass skipped: {e:#}");
+            }
+        }
+        for run in 0..opts.runs {
+            for (streams, label, near) in [
+                (1u32, "1 stream", false),
+                (8, "8 streams", false),
+                (1, "1 stream same node", true),
+            ] {
+                println!("  run {}: {label}, {mesh_label}", run + 1);
+                let p = streams.to_string();
+                let iperf = |b: &Bench, client: &str, server: &str| -> Result<f64> {
+                    let ip = b.ip(server).to_string();
+                    let out = b.mesh.exec(
+                        client,
+                        &[
+                            "iperf3", "-c", &ip, "-p", "5201", "-t", &secs, "-P", &p, "-J",
+                        ],
+                    )?;
+                    tools::iperf3_gbits(&out.stdout)
+                };
+                let (srv_direct, srv) = if near {
+                    ("srv-near-direct", "srv-near")
+                } else {
+                    ("srv-direct", "srv")
+                };
+                let direct = iperf(&b, "cli-direct", srv_direct);
+                let mesh = if fastpath {
+                    b.through_fastpath(|b| iperf(b, "cli", srv))
+                } else {
+                    b.through_mesh(|b| iperf(b, "cli", srv))
+                };
+                let ratio = match (&direct, &mesh) {
+                    (Ok(d), Ok(m)) => Ok(m / d),
+                    (_, Err(e)) | (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
+                };
+                report.record(SCENARIO, label, "direct", "Gbit/s", direct);
+                report.record(SCENARIO, label, mesh_label, "Gbit/s", mesh);
+                report.record(
+                    SCENARIO,
+                    &format!("{label} ratio"),
+                    &format!("{mesh_label}/direct"),
+                    "×",
+                    ratio,
+                );
+            }
         }
     }
-    report.target(SCENARIO, "1 stream", "ztunnels", "Gbit/s", "≥ 10 (issue 8)");
+    for mesh_label in ["ztunnels", "ztunnels+fastpath"] {
+        report.target(SCENARIO, "1 stream", mesh_label, "Gbit/s", "≥ 10 (issue 8)");
+    }
     for label in ["1 stream", "8 streams"] {
         report.target(
             SCENARIO,

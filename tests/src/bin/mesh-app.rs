@@ -5,7 +5,8 @@
 //! address and the identity headers the mesh added. Failure can be switched on at run time
 //! (`/admin/fail?rate=0.5&code=503`) so retries and outlier ejection can be shown on a running
 //! mesh. `load` sends requests (optionally at a fixed rate) and prints a JSON summary: counts by
-//! status and by answering version, and latency percentiles.
+//! status and by answering version, and latency percentiles. `tcp-serve` / `tcp-check` run the
+//! byte-stream transparency cases of `mesh_tests::tcpcheck`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -67,6 +68,24 @@ enum Cmd {
         #[arg(long)]
         new_conn: bool,
     },
+    /// Serve the byte-stream transparency cases (`mesh_tests::tcpcheck`).
+    TcpServe {
+        #[arg(long, default_value = "0.0.0.0:7000")]
+        listen: SocketAddr,
+    },
+    /// Run one transparency case against a `tcp-serve` and print a JSON verdict.
+    TcpCheck {
+        #[arg(long)]
+        to: SocketAddr,
+        /// upload, download, slow or reset.
+        #[arg(long)]
+        mode: String,
+        #[arg(long, default_value_t = 0)]
+        bytes: u64,
+        /// The server's read rate for `slow`, MiB/s.
+        #[arg(long, default_value_t = 16)]
+        rate_mib: u64,
+    },
 }
 
 struct AppState {
@@ -123,6 +142,24 @@ async fn main() {
             .await;
             println!("{summary}");
         }
+        Cmd::TcpServe { listen } => {
+            if let Err(e) = mesh_tests::tcpcheck::serve(listen) {
+                eprintln!("mesh-app: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Cmd::TcpCheck {
+            to,
+            mode,
+            bytes,
+            rate_mib,
+        } => match mesh_tests::tcpcheck::check(to, &mode, bytes, rate_mib) {
+            Ok(v) => println!("{v}"),
+            Err(e) => {
+                eprintln!("mesh-app: {e:#}");
+                std::process::exit(1);
+            }
+        },
     }
 }
 

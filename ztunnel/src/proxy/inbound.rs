@@ -215,9 +215,10 @@ async fn handle_connect(
             Admission::Accept {
                 headers,
                 task: Box::new(move |t: Tunnel| {
-                    Box::pin(
-                        async move { relay(&inputs, t, upstream, labels, conn.src_ip, dst).await },
-                    )
+                    Box::pin(async move {
+                        // A broken stream resets the tunnel when `t` is dropped.
+                        relay(&inputs, t, upstream, labels, conn.src_ip, dst).await;
+                    })
                 }),
             }
         }
@@ -259,14 +260,18 @@ pub(crate) async fn admit(
     }
     let addr = ctx.delivery_addr(conn.dst.port());
     match tokio::time::timeout(inputs.cfg.connect_timeout, ctx.sockets.connect(addr)).await {
-        Ok(Ok(s)) => Ok(s),
+        Ok(Ok(s)) => {
+            inputs.orig_dst.delivery(std::os::fd::AsFd::as_fd(&s));
+            Ok(s)
+        }
         Ok(Err(e)) => Err(Refusal::Upstream(e)),
         Err(_) => Err(Refusal::Upstream(std::io::ErrorKind::TimedOut.into())),
     }
 }
 
 /// Relays bytes between the downstream side and the application, with metrics and an access
-/// log line at the end.
+/// log line at the end. Returns false when the stream broke (a reset or an I/O error) rather
+/// than ending cleanly; the application's side has then been armed to reset.
 pub(crate) async fn relay<A>(
     inputs: &ProxyInputs,
     mut down: A,
@@ -274,7 +279,8 @@ pub(crate) async fn relay<A>(
     labels: TcpLabels,
     src: std::net::IpAddr,
     dst: SocketAddr,
-) where
+) -> bool
+where
     A: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
@@ -284,6 +290,11 @@ pub(crate) async fn relay<A>(
     let m = inputs.metrics.connection(labels);
     let r =
         super::copy::copy_bidirectional(&mut down, &mut up, Some(&m.received), Some(&m.sent)).await;
+    if r.is_err() {
+        // The stream broke (the peer reset it, or a write failed): the application sees a
+        // reset, not a clean end it could mistake for a complete stream.
+        super::abort(&up);
+    }
     let (rx, tx) = r
         .as_ref()
         .map(|x| *x)
@@ -293,25 +304,24 @@ pub(crate) async fn relay<A>(
         reporter, %src, %dst, src_identity = %src_principal, security,
         bytes_received = rx, bytes_sent = tx,
         duration_ms = start.elapsed().as_millis() as u64,
-        error = r.err().map(|e| e.to_string()),
+        error = r.as_ref().err().map(|e| e.to_string()),
         "connection complete"
     );
+    r.is_ok()
 }
 
 /// Same-node short path: the source pod's outbound hands the connection straight to the
 /// destination pod's inbound logic (policy and telemetry kept, no TLS over loopback). The
 /// source identity is the source pod's own, which this ztunnel holds the certificate for.
-pub(crate) async fn deliver_local<A>(
+pub(crate) async fn deliver_local(
     inputs: &ProxyInputs,
     src: &PodCtx,
     dst_ctx: &PodCtx,
-    down: A,
+    mut down: TcpStream,
     peer: SocketAddr,
     dst: SocketAddr,
     svc: Option<Arc<Service>>,
-) where
-    A: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let conn = ConnInfo {
         src_ip: src.workload.ip,
         remote_ip: src.workload.ip,
@@ -336,7 +346,10 @@ pub(crate) async fn deliver_local<A>(
                 svc.as_deref(),
                 "mutual_tls",
             );
-            relay(inputs, down, up, labels, peer.ip(), dst).await;
+            if !relay(inputs, &mut down, up, labels, peer.ip(), dst).await {
+                // Both ends are local applications: the client sees the reset too.
+                super::abort(&down);
+            }
         }
     }
 }

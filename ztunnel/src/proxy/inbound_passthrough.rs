@@ -82,7 +82,10 @@ async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, peer: Soc
                 svc.as_deref(),
                 "none",
             );
-            relay(&inputs, tcp, up, labels, peer.ip(), dst).await;
+            let mut tcp = tcp;
+            if !relay(&inputs, &mut tcp, up, labels, peer.ip(), dst).await {
+                super::abort(&tcp);
+            }
         }
     }
 }

@@ -270,6 +270,11 @@ async fn relay_client<U>(
     let m = inputs.metrics.connection(labels);
     let r =
         super::copy::copy_bidirectional(&mut down, &mut up, Some(&m.sent), Some(&m.received)).await;
+    if r.is_err() {
+        // A reset on the far side (RST_STREAM, or the upstream's RST) reaches the application
+        // as a reset, never as a clean end of stream.
+        super::abort(&down);
+    }
     tracing::info!(
         target: "access",
         reporter = "source", src = %peer, %dst, security,

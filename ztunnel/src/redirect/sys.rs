@@ -114,6 +114,29 @@ pub fn peer_addr(sock: BorrowedFd<'_>) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
 }
 
+/// The cgroup v2 directory this process runs in (from `/proc/self/cgroup` and the cgroup2 mount
+/// in `/proc/self/mountinfo`), or `None` when there is no cgroup v2 hierarchy.
+pub fn own_cgroup() -> Option<std::path::PathBuf> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = membership
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))?
+        .trim()
+        .trim_start_matches('/')
+        .to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // Fields: id parent major:minor root mountpoint options... - fstype source superoptions.
+    let mount = mounts.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let fstype = post.split_whitespace().next()?;
+        let mut f = pre.split_whitespace();
+        let root = f.nth(3)?;
+        let point = f.next()?;
+        (fstype == "cgroup2" && root == "/").then(|| std::path::PathBuf::from(point))
+    })?;
+    Some(mount.join(rel))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +149,12 @@ mod tests {
         assert_eq!(ip_from_words(words), v4);
         let v6: IpAddr = "fd00::1".parse().unwrap();
         assert_eq!(ip_from_words(ip_words(v6)), v6);
+    }
+
+    /// This machine (and CI) runs on cgroup v2: the test process's own cgroup is found.
+    #[test]
+    fn own_cgroup_is_a_cgroup2_directory() {
+        let cg = own_cgroup().expect("no cgroup v2 membership found");
+        assert!(is_cgroup2(&cg), "{} is not on cgroup2", cg.display());
     }
 }
