@@ -6,6 +6,7 @@
 //! file's result keyed by a hash of its content, so a reload after one file changed parses only
 //! that file; cross-file checks (duplicates) run on every load.
 
+mod block;
 mod decode;
 mod locate;
 
