@@ -15,7 +15,7 @@ mod parse;
 #[cfg(test)]
 use de::from_events;
 pub(crate) use de::De;
-pub(crate) use parse::{parse, Event};
+pub(crate) use parse::{parse, Event, Scratch};
 
 /// The scalar value of the root mapping's `key` (raw text for an unquoted one), if any.
 pub(crate) fn root_scalar<'e>(events: &'e [Event<'_>], key: &str) -> Option<&'e str> {

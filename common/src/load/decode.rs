@@ -11,9 +11,9 @@ use crate::diagnostic::{codes, Code, Diagnostic, Severity};
 use crate::resource::{Kind, Resource};
 use crate::validate;
 
-pub(super) fn document(origin: Origin, out: &mut FileResult) {
+pub(super) fn document(origin: Origin, scratch: &mut block::Scratch, out: &mut FileResult) {
     let doc = &origin.text[origin.doc.clone()];
-    if fast_path(doc, &origin, out) {
+    if fast_path(doc, &origin, scratch, out) {
         return;
     }
     let value: Value = match serde_yaml::from_str(doc) {
@@ -63,21 +63,25 @@ pub(super) fn document(origin: Origin, out: &mut FileResult) {
 /// first by the block-YAML reader (a few times faster), then by serde_yaml (half the cost of
 /// going through `Value`). Returns false, having reported nothing, when the slow path must run
 /// instead: it produces the precise diagnostics.
-fn fast_path(doc: &str, origin: &Origin, out: &mut FileResult) -> bool {
-    let decoded = block_path(doc).or_else(|| serde_yaml_path(doc));
+fn fast_path(
+    doc: &str,
+    origin: &Origin,
+    scratch: &mut block::Scratch,
+    out: &mut FileResult,
+) -> bool {
+    let decoded = block_path(doc, scratch).or_else(|| serde_yaml_path(doc));
     let Some((kind, resource, ignored)) = decoded else {
         return false;
     };
-    let label = resource.key().to_string();
-    finish(resource, ignored, label, kind, origin.clone(), out);
+    finish(resource, ignored, None, kind, origin.clone(), out);
     true
 }
 
 pub(super) type Decoded = (Kind, Resource, Vec<String>);
 
 /// The block-YAML reader; `None` when the document is outside its subset or does not decode.
-pub(super) fn block_path(doc: &str) -> Option<Decoded> {
-    let events = block::parse(doc)?;
+pub(super) fn block_path(doc: &str, scratch: &mut block::Scratch) -> Option<Decoded> {
+    let events = block::parse(doc, scratch)?;
     let kind = Kind::from_api(
         block::root_scalar(&events, "apiVersion")?,
         block::root_scalar(&events, "kind")?,
@@ -259,20 +263,22 @@ fn object(value: Value, origin: Origin, out: &mut FileResult) {
             return;
         }
     };
-    finish(resource, ignored, label, kind, origin, out);
+    finish(resource, ignored, Some(label), kind, origin, out);
 }
 
-/// Reports ignored fields and validation findings, then keeps the resource.
+/// Reports ignored fields and validation findings, then keeps the resource. `label` names the
+/// resource in findings (made from its key when `None`, only if there is a finding).
 fn finish(
     resource: Resource,
     ignored: Vec<String>,
-    label: String,
+    mut label: Option<String>,
     kind: Kind,
     origin: Origin,
     out: &mut FileResult,
 ) {
-    let push = |out: &mut FileResult, sev: Severity, code: Code, path: &str, msg: String| {
+    let mut push = |out: &mut FileResult, sev: Severity, code: Code, path: &str, msg: String| {
         let mut d = Diagnostic::new(sev, code, msg);
+        let label = label.get_or_insert_with(|| resource.key().to_string());
         d.resource = Some(label.clone());
         d.path = Some(path.to_string());
         out.diagnostics.push(origin.diagnostic(d));

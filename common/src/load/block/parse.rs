@@ -33,60 +33,114 @@ struct Line<'a> {
     text: &'a str,
 }
 
+/// Buffers kept from one document to the next (a file has thousands).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// Always empty between documents; only its allocation is reused.
+    lines: Vec<Line<'static>>,
+    keys: Vec<u64>,
+}
+
+/// An empty vector of another element lifetime reusing `v`'s allocation (collecting an
+/// empty iterator in place keeps the buffer).
+fn recycle<'b>(mut v: Vec<Line<'_>>) -> Vec<Line<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!()).collect()
+}
+
 /// Parses one document (the text between `---` markers) whose root is a block mapping.
 /// `None` when the text uses anything outside the subset, or is not valid YAML.
-pub(crate) fn parse(doc: &str) -> Option<Vec<Event<'_>>> {
-    if !plain_characters(doc) {
-        return None;
-    }
-    let mut lines = Vec::with_capacity(doc.len() / 16);
-    for raw in doc.split('\n') {
-        let raw = raw.strip_suffix('\r').unwrap_or(raw);
-        if raw.contains('\r') {
-            return None; // a bare CR is a line break to YAML
+pub(crate) fn parse<'a>(doc: &'a str, scratch: &mut Scratch) -> Option<Vec<Event<'a>>> {
+    let mut lines = recycle(std::mem::take(&mut scratch.lines));
+    let parsed = split_lines(doc, &mut lines).and_then(|()| {
+        let first = *lines.first()?;
+        if is_seq_entry(first.text) {
+            return None; // only objects are decoded here
         }
-        let text = raw.trim_start_matches(' ');
-        if text.is_empty() || text.starts_with('#') {
+        scratch.keys.clear();
+        let mut p = Parser {
+            lines: &mut lines,
+            i: 0,
+            out: Vec::with_capacity(doc.len() / 6),
+            keys: &mut scratch.keys,
+            depth: 0,
+        };
+        p.mapping(first.indent).ok()?;
+        (p.i == p.lines.len()).then_some(p.out)
+    });
+    scratch.lines = recycle(lines);
+    parsed
+}
+
+/// Fills `lines` with the document's lines that hold content. `None` for characters left to
+/// the full parser: tabs (libyaml treats them specially), control characters, a bare CR (a
+/// line break to YAML), the byte-order mark and the other Unicode line breaks.
+fn split_lines<'a>(doc: &'a str, lines: &mut Vec<Line<'a>>) -> Option<()> {
+    let b = doc.as_bytes();
+    let mut pos = 0;
+    let mut ascii = true;
+    while pos < b.len() {
+        let line_start = pos;
+        while pos < b.len() && b[pos] == b' ' {
+            pos += 1;
+        }
+        let text_start = pos;
+        while pos < b.len() && b[pos] != b'\n' {
+            match b[pos] {
+                b'\r' if b.get(pos + 1) != Some(&b'\n') => return None,
+                b'\r' => {}
+                0..=0x1f | 0x7f => return None,
+                0x80.. => ascii = false,
+                _ => {}
+            }
+            pos += 1;
+        }
+        let end = if pos > text_start && b[pos - 1] == b'\r' {
+            pos - 1
+        } else {
+            pos
+        };
+        pos += 1;
+        if end == text_start || b[text_start] == b'#' {
             continue;
         }
         lines.push(Line {
-            indent: raw.len() - text.len(),
-            text,
+            indent: text_start - line_start,
+            text: &doc[text_start..end],
         });
     }
-    let first = *lines.first()?;
-    if is_seq_entry(first.text) {
-        return None; // only objects are decoded here
-    }
-    let mut p = Parser {
-        lines,
-        i: 0,
-        out: Vec::with_capacity(doc.len() / 8),
-        keys: Vec::new(),
-        depth: 0,
-    };
-    p.mapping(first.indent).ok()?;
-    (p.i == p.lines.len()).then_some(p.out)
-}
-
-/// Tabs (indentation or separation in ways libyaml treats specially), control characters,
-/// the byte-order mark and the line breaks other than LF/CRLF are left to the full parser.
-fn plain_characters(doc: &str) -> bool {
-    let ascii_ok = |b: u8| (b >= 0x20 && b != 0x7f) || b == b'\n' || b == b'\r';
-    if doc.is_ascii() {
-        return doc.bytes().all(ascii_ok);
-    }
-    doc.chars().all(|c| {
-        if c.is_ascii() {
-            ascii_ok(c as u8)
-        } else {
-            !matches!(
+    if !ascii {
+        let refused = |c: char| {
+            matches!(
                 c,
                 '\u{80}'
                     ..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
             )
+        };
+        if doc.chars().any(refused) {
+            return None;
         }
-    })
+    }
+    Some(())
+}
+
+/// Space trimming by bytes: the `str` pattern machinery costs more than the short runs of
+/// spaces it would skip here.
+trait Spaces {
+    fn skip_spaces(&self) -> &str;
+    fn trim_spaces_end(&self) -> &str;
+}
+
+impl Spaces for str {
+    fn skip_spaces(&self) -> &str {
+        let n = self.bytes().take_while(|&b| b == b' ').count();
+        &self[n..]
+    }
+
+    fn trim_spaces_end(&self) -> &str {
+        let n = self.bytes().rev().take_while(|&b| b == b' ').count();
+        &self[..self.len() - n]
+    }
 }
 
 fn is_seq_entry(text: &str) -> bool {
@@ -98,18 +152,26 @@ struct Unsupported;
 
 type R<T> = Result<T, Unsupported>;
 
-struct Parser<'a> {
-    lines: Vec<Line<'a>>,
+struct Parser<'a, 's> {
+    lines: &'s mut Vec<Line<'a>>,
     /// The next line to read.
     i: usize,
     out: Vec<Event<'a>>,
-    /// Keys of the mappings being read (innermost last), to refuse duplicates: serde and
-    /// YAML disagree on what a repeated key means, so the full parser decides.
-    keys: Vec<Cow<'a, str>>,
+    /// Hashes of the keys of the mappings being read (innermost last), to refuse duplicates:
+    /// serde and YAML disagree on what a repeated key means, so the full parser decides. A
+    /// collision only sends the document there too.
+    keys: &'s mut Vec<u64>,
     depth: usize,
 }
 
-impl<'a> Parser<'a> {
+/// FNV-1a: keys are short, and a collision is harmless (see `Parser::keys`).
+fn key_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl<'a> Parser<'a, '_> {
     fn enter(&mut self) -> R<()> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
@@ -149,15 +211,15 @@ impl<'a> Parser<'a> {
             // A `- ` line here is never part of this mapping (an indentless sequence is read
             // with its key below), so `split_key` refusing it is right.
             let (key, rest) = split_key(line.text)?;
-            let key_text = match &key {
-                Event::Plain(s) => Cow::Borrowed(*s),
-                Event::Quoted(s) => s.clone(),
+            let hash = match &key {
+                Event::Plain(s) => key_hash(s),
+                Event::Quoted(s) => key_hash(s),
                 _ => return Err(Unsupported),
             };
-            if self.keys[keys_start..].contains(&key_text) {
+            if self.keys[keys_start..].contains(&hash) {
                 return Err(Unsupported);
             }
-            self.keys.push(key_text);
+            self.keys.push(hash);
             self.out.push(key);
             if ends_line(rest) {
                 // The value is on the following lines: a sequence may sit at the key's own
@@ -171,7 +233,7 @@ impl<'a> Parser<'a> {
                     _ => self.out.push(Event::Plain("")),
                 }
             } else {
-                inline_value(rest.trim_start_matches(' '), &mut self.out)?;
+                inline_value(rest.skip_spaces(), &mut self.out)?;
                 self.i += 1;
             }
             if self.indent().is_some_and(|i| i > n) {
@@ -193,7 +255,7 @@ impl<'a> Parser<'a> {
                 break;
             }
             let after = &line.text[1..];
-            let content = after.trim_start_matches(' ');
+            let content = after.skip_spaces();
             if ends_line(after) {
                 // `-` alone: the item is the block below, or null.
                 self.i += 1;
@@ -225,7 +287,7 @@ impl<'a> Parser<'a> {
 /// True when nothing but spaces and a comment follow (`rest` starts right after an
 /// indicator, so a comment needs a space before it unless nothing precedes it).
 fn ends_line(rest: &str) -> bool {
-    let t = rest.trim_start_matches(' ');
+    let t = rest.skip_spaces();
     t.is_empty() || (t.starts_with('#') && (t.len() < rest.len()))
 }
 
@@ -262,9 +324,9 @@ fn split_key(text: &str) -> R<(Event<'_>, &str)> {
                 return Err(Unsupported);
             }
             let colon = key_colon(text).ok_or(Unsupported)?;
-            let key = text[..colon].trim_end_matches(' ');
+            let key = text[..colon].trim_spaces_end();
             // libyaml refuses simple keys longer than 1024 characters; `<<` may be a merge.
-            if key.contains(" #") || key == "<<" || key.len() > 1024 {
+            if key == "<<" || key.len() > 1024 {
                 return Err(Unsupported);
             }
             return Ok((Event::Plain(key), &text[colon + 1..]));
@@ -274,7 +336,7 @@ fn split_key(text: &str) -> R<(Event<'_>, &str)> {
         return Err(Unsupported);
     }
     // After a quoted key: optional spaces, then `:` and a space or the end of the line.
-    let after = after.trim_start_matches(' ');
+    let after = after.skip_spaces();
     let rest = after.strip_prefix(':').ok_or(Unsupported)?;
     if !(rest.is_empty() || rest.starts_with(' ')) {
         return Err(Unsupported);
@@ -282,18 +344,36 @@ fn split_key(text: &str) -> R<(Event<'_>, &str)> {
     Ok((key, rest))
 }
 
-/// The first `:` followed by a space or the end of the line.
+/// The first `:` followed by a space or the end of the line; `None` when there is none, or
+/// a comment starts before it.
 fn key_colon(text: &str) -> Option<usize> {
     let b = text.as_bytes();
-    let mut from = 0;
-    while let Some(off) = text[from..].find(':') {
-        let at = from + off;
-        if at + 1 == b.len() || b[at + 1] == b' ' {
-            return Some(at);
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b':' if i + 1 == b.len() || b[i + 1] == b' ' => return Some(i),
+            b'#' if i > 0 && b[i - 1] == b' ' => return None,
+            _ => {}
         }
-        from = at + 1;
     }
     None
+}
+
+/// A plain scalar's text: up to a comment, without trailing spaces. `Err` for `: ` or a
+/// final `:` (a nested mapping on one line, which YAML forbids).
+fn plain_scalar(text: &str) -> R<&str> {
+    let b = text.as_bytes();
+    let mut end = b.len();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b':' if i + 1 == b.len() || b[i + 1] == b' ' => return Err(Unsupported),
+            b'#' if i > 0 && b[i - 1] == b' ' => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok(text[..end].trim_spaces_end())
 }
 
 /// A value that starts and ends on this line: a plain or quoted scalar, or a flow
@@ -312,7 +392,7 @@ fn inline_value<'a>(text: &'a str, out: &mut Vec<Event<'a>>) -> R<()> {
         }
         Some(b'[') => flow_sequence(text, out)?,
         Some(b'{') => {
-            let inner = text[1..].trim_start_matches(' ');
+            let inner = text[1..].skip_spaces();
             let rest = inner.strip_prefix('}').ok_or(Unsupported)?;
             trailing(rest)?;
             out.push(Event::MapStart);
@@ -322,13 +402,7 @@ fn inline_value<'a>(text: &'a str, out: &mut Vec<Event<'a>>) -> R<()> {
             if !starts_plain(text) {
                 return Err(Unsupported);
             }
-            let end = text.find(" #").unwrap_or(text.len());
-            let value = text[..end].trim_end_matches(' ');
-            // `a: b` here would be a nested mapping on one line, which YAML forbids.
-            if value.contains(": ") || value.ends_with(':') {
-                return Err(Unsupported);
-            }
-            out.push(Event::Plain(value));
+            out.push(Event::Plain(plain_scalar(text)?));
         }
     }
     Ok(())
@@ -336,7 +410,7 @@ fn inline_value<'a>(text: &'a str, out: &mut Vec<Event<'a>>) -> R<()> {
 
 /// After a closing quote or bracket: only spaces and a comment.
 fn trailing(rest: &str) -> R<()> {
-    let t = rest.trim_start_matches(' ');
+    let t = rest.skip_spaces();
     if t.is_empty() || (t.starts_with('#') && t.len() < rest.len()) {
         Ok(())
     } else {
@@ -347,7 +421,7 @@ fn trailing(rest: &str) -> R<()> {
 /// `[a, b, "c"]` on one line, items scalars.
 fn flow_sequence<'a>(text: &'a str, out: &mut Vec<Event<'a>>) -> R<()> {
     out.push(Event::SeqStart);
-    let mut rest = text[1..].trim_start_matches(' ');
+    let mut rest = text[1..].skip_spaces();
     if let Some(after) = rest.strip_prefix(']') {
         trailing(after)?;
         out.push(Event::SeqEnd);
@@ -370,7 +444,7 @@ fn flow_sequence<'a>(text: &'a str, out: &mut Vec<Event<'a>>) -> R<()> {
                     return Err(Unsupported);
                 }
                 let end = rest.find([',', ']']).ok_or(Unsupported)?;
-                let item = rest[..end].trim_end_matches(' ');
+                let item = rest[..end].trim_spaces_end();
                 // Flow context: `:` may make a pair, `#` a comment, brackets nest.
                 if item.contains([':', '#', '[', '{', '}']) {
                     return Err(Unsupported);
@@ -379,7 +453,7 @@ fn flow_sequence<'a>(text: &'a str, out: &mut Vec<Event<'a>>) -> R<()> {
                 &rest[end..]
             }
         };
-        let after_item = after_item.trim_start_matches(' ');
+        let after_item = after_item.skip_spaces();
         if let Some(after) = after_item.strip_prefix(']') {
             trailing(after)?;
             out.push(Event::SeqEnd);
@@ -389,7 +463,7 @@ fn flow_sequence<'a>(text: &'a str, out: &mut Vec<Event<'a>>) -> R<()> {
         rest = after_item
             .strip_prefix(',')
             .ok_or(Unsupported)?
-            .trim_start_matches(' ');
+            .skip_spaces();
         if rest.is_empty() || rest.starts_with([']', ',']) {
             return Err(Unsupported);
         }

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use super::{from_events, parse};
+use super::{from_events, parse, Scratch};
 use crate::duration::Duration;
 use crate::k8s::IntOrString;
 use crate::load::decode::{block_path, typed_fast};
@@ -17,7 +17,7 @@ use crate::load::split_documents;
 
 /// `Some(value)` when the block reader decodes `doc` as `T`.
 fn block<T: DeserializeOwned>(doc: &str) -> Option<T> {
-    from_events(&parse(doc)?).ok()
+    from_events(&parse(doc, &mut Scratch::default())?).ok()
 }
 
 /// Asserts that whatever the block reader decodes, serde_yaml decodes identically. Returns
@@ -53,7 +53,7 @@ fn check_file(text: &str) -> (usize, usize) {
         }
         docs += 1;
         agrees_value(doc);
-        if let Some((kind, resource, ignored)) = block_path(doc) {
+        if let Some((kind, resource, ignored)) = block_path(doc, &mut Scratch::default()) {
             let theirs = typed_fast(kind, serde_yaml::Deserializer::from_str(doc))
                 .unwrap_or_else(|| panic!("serde_yaml fails on:\n{doc}"));
             assert_eq!((resource, ignored), theirs, "for:\n{doc}");
@@ -373,7 +373,10 @@ fn constructs_outside_the_subset_fall_back() {
         "a: \"x\"#c\n",
     ];
     for doc in docs {
-        assert!(parse(doc).is_none(), "read:\n{doc:?}");
+        assert!(
+            parse(doc, &mut Scratch::default()).is_none(),
+            "read:\n{doc:?}"
+        );
     }
 }
 
@@ -381,7 +384,7 @@ fn constructs_outside_the_subset_fall_back() {
 fn duplicate_keys_are_checked_per_mapping() {
     // The same key in sibling mappings is fine; repeated in one mapping it is not read here.
     assert!(agrees_value("a:\n  k: 1\nb:\n  k: 2\nl:\n- k: 1\n- k: 2\n"));
-    assert!(parse("a:\n  k: 1\n  'k': 2\n").is_none());
+    assert!(parse("a:\n  k: 1\n  'k': 2\n", &mut Scratch::default()).is_none());
 }
 
 /// A deterministic generator of documents inside the subset (xorshift, no dependency).
