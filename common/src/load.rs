@@ -6,6 +6,7 @@
 //! file's result keyed by a hash of its content, so a reload after one file changed parses only
 //! that file; cross-file checks (duplicates) run on every load.
 
+mod block;
 mod decode;
 mod locate;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use crate::diagnostic::{codes, Diagnostic, Severity};
 use crate::model::{BuildOptions, Model};
-use crate::resource::{Resource, ResourceKey};
+use crate::resource::{Kind, Resource};
 
 pub use locate::locate;
 
@@ -255,19 +256,30 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Splits a file into documents: `(first line, byte range)`, 1-based lines.
+/// Splits a file into documents: `(first line, byte range)`, 1-based lines. A marker is a
+/// line that is `---`, starts with `--- `, or is `...` (trailing whitespace allowed); only
+/// lines starting with `-` or `.` need a closer look.
 fn split_documents(text: &str) -> Vec<(usize, Range<usize>)> {
+    let b = text.as_bytes();
     let mut docs = Vec::new();
-    let (mut start, mut start_line, mut pos) = (0, 1, 0);
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let trimmed = line.trim_end();
-        let marker = trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "...";
-        if marker {
-            docs.push((start_line, start..pos));
-            start = pos + line.len();
-            start_line = i + 2;
+    let (mut start, mut start_line) = (0, 1);
+    let (mut pos, mut line) = (0, 1);
+    while pos < b.len() {
+        let end = b[pos..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(b.len(), |i| pos + i);
+        let next = (end + 1).min(b.len());
+        if matches!(b[pos], b'-' | b'.') {
+            let trimmed = text[pos..end].trim_end();
+            if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
+                docs.push((start_line, start..pos));
+                start = next;
+                start_line = line + 1;
+            }
         }
-        pos += line.len();
+        pos = next;
+        line += 1;
     }
     docs.push((start_line, start..text.len()));
     docs
@@ -276,8 +288,13 @@ fn split_documents(text: &str) -> Vec<(usize, Range<usize>)> {
 fn parse_file(file: &Path, text: &str) -> FileResult {
     let file: Arc<Path> = Arc::from(file);
     let text: Arc<str> = Arc::from(text);
-    let mut out = FileResult::default();
-    for (line, range) in split_documents(&text) {
+    let docs = split_documents(&text);
+    let mut out = FileResult {
+        resources: Vec::with_capacity(docs.len()),
+        diagnostics: Vec::new(),
+    };
+    let mut scratch = block::Scratch::default();
+    for (line, range) in docs {
         let origin = Origin {
             file: file.clone(),
             line,
@@ -285,7 +302,7 @@ fn parse_file(file: &Path, text: &str) -> FileResult {
             doc: range,
             prefix: String::new(),
         };
-        decode::document(origin, &mut out);
+        decode::document(origin, &mut scratch, &mut out);
     }
     out
 }
@@ -293,18 +310,24 @@ fn parse_file(file: &Path, text: &str) -> FileResult {
 /// Concatenates file results in order and runs the cross-file checks.
 fn assemble(results: Vec<Arc<FileResult>>, mut diagnostics: Vec<Diagnostic>) -> Loaded {
     let total: usize = results.iter().map(|r| r.resources.len()).sum();
-    let mut loaded = Loaded {
-        resources: Vec::with_capacity(total),
-        origins: Vec::with_capacity(total),
-        diagnostics: Vec::new(),
-    };
-    let mut seen: HashMap<ResourceKey, usize> = HashMap::with_capacity(total);
+    // The first definition of each key wins; keys borrow from the cached results, so the
+    // check allocates nothing per resource.
+    let mut kept: Vec<&(Resource, Origin)> = Vec::with_capacity(total);
+    let mut seen: HashMap<(Kind, &str, &str), usize> = HashMap::with_capacity(total);
     for r in &results {
         diagnostics.extend(r.diagnostics.iter().cloned());
-        for (res, origin) in &r.resources {
-            let key = res.key();
-            if let Some(&first) = seen.get(&key) {
-                let f = &loaded.origins[first];
+        for entry in &r.resources {
+            let (res, origin) = entry;
+            let meta = res.metadata();
+            let kind = res.kind();
+            let namespace = if kind.is_namespaced() {
+                meta.namespace_or_default()
+            } else {
+                ""
+            };
+            if let Some(&first) = seen.get(&(kind, namespace, meta.name.as_str())) {
+                let f: &Origin = &kept[first].1;
+                let key = res.key();
                 let mut d = Diagnostic::new(
                     Severity::Error,
                     codes::DUPLICATE_RESOURCE,
@@ -319,14 +342,41 @@ fn assemble(results: Vec<Arc<FileResult>>, mut diagnostics: Vec<Diagnostic>) -> 
                 diagnostics.push(origin.diagnostic(d));
                 continue;
             }
-            seen.insert(key, loaded.resources.len());
-            loaded.resources.push(res.clone());
-            loaded.origins.push(origin.clone());
+            seen.insert((kind, namespace, meta.name.as_str()), kept.len());
+            kept.push(entry);
         }
     }
-    loaded.diagnostics = diagnostics;
-    loaded
+    drop(seen);
+    // The cache keeps its copy for the next load, so the result is a clone: on large
+    // configurations the second core does half of it.
+    let clone_all = |part: &[&(Resource, Origin)]| -> (Vec<Resource>, Vec<Origin>) {
+        (
+            part.iter().map(|(r, _)| r.clone()).collect(),
+            part.iter().map(|(_, o)| o.clone()).collect(),
+        )
+    };
+    let (resources, origins) = if kept.len() < PARALLEL_CLONE_MIN {
+        clone_all(&kept)
+    } else {
+        let (front, back) = kept.split_at(kept.len() / 2);
+        std::thread::scope(|s| {
+            let back = s.spawn(|| clone_all(back));
+            let (mut resources, mut origins) = clone_all(front);
+            let (mut r, mut o) = back.join().expect("clone thread panicked");
+            resources.append(&mut r);
+            origins.append(&mut o);
+            (resources, origins)
+        })
+    };
+    Loaded {
+        resources,
+        origins,
+        diagnostics,
+    }
 }
+
+/// Below this many resources a second thread costs more than it saves.
+const PARALLEL_CLONE_MIN: usize = 4096;
 
 #[cfg(test)]
 mod tests;

@@ -256,8 +256,13 @@ pub struct Percent {
 pub struct DestinationRuleSpec {
     #[serde(default)]
     pub host: String,
+    /// Boxed: a `TrafficPolicy` is ~900 bytes inline, which made every [`Resource`] that
+    /// large (the enum takes its largest variant's size), so a 65,000-object load moved and
+    /// page-faulted ~70 MB per copy of its resource list. Few rules have one.
+    ///
+    /// [`Resource`]: crate::Resource
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic_policy: Option<TrafficPolicy>,
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsets: Vec<Subset>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -273,8 +278,9 @@ pub struct Subset {
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Boxed for the same reason as [`DestinationRuleSpec::traffic_policy`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic_policy: Option<TrafficPolicy>,
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
