@@ -166,6 +166,9 @@ impl HboneAcceptor {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                // Small HTTP/2 frames both ways: Nagle plus the peer's delayed ACK would stall
+                // each response ~40 ms.
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     let tls =

@@ -6,6 +6,7 @@
 //! `baggage` and `traceparent` live here.
 
 pub mod client;
+pub mod io;
 pub mod server;
 mod tunnel;
 
@@ -27,6 +28,13 @@ pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 /// Per-stream send buffer: how much of a tunnel's outgoing data h2 may hold before a write
 /// waits (bounds memory per stream; flow control bounds what is in flight).
 pub const SEND_BUFFER: usize = 1024 * 1024;
+/// Read buffer under the TLS layer of an HBONE connection (see [`io::ReadBuffered`]): one
+/// `recv` per this many bytes instead of one per TLS record.
+pub const TLS_READ_BUFFER: usize = 64 * 1024;
+/// rustls's limit on encrypted data queued for the socket (its default is 64 KiB). A DATA
+/// frame of up to 256 KiB (the copy loop's largest read) then goes out in one `writev`
+/// instead of four; memory stays bounded per connection.
+pub const TLS_SEND_BUFFER: usize = 256 * 1024;
 /// Streams a server allows on one connection.
 pub const SERVER_MAX_STREAMS: u32 = 200;
 /// Interval between keepalive pings.

@@ -83,8 +83,24 @@ fn init_logging() -> ztunnel::admin::LogControl {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Worker threads of the runtime: `ZTUNNEL_WORKER_THREADS` (Istio's variable), else one per
+/// core. Every HBONE connection and its tunnels' copy tasks are plain tasks on these workers.
+const ENV_WORKER_THREADS: &str = "ZTUNNEL_WORKER_THREADS";
+
+fn main() -> anyhow::Result<()> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = std::env::var(ENV_WORKER_THREADS)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        rt.worker_threads(n);
+    }
+    rt.build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let log = init_logging();
     if let Some(Cmd::Analyze { dir }) = &cli.cmd {

@@ -43,9 +43,12 @@ fn reject(e: TlsError) -> rustls::Error {
 pub fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::ring as r;
     Arc::new(CryptoProvider {
+        // AES-128-GCM first: 10 AES rounds instead of 14 for the same GHASH, and AES is the
+        // largest user-space cost of a bulk transfer after copies. Both suites stay offered
+        // and accepted, so a peer (e.g. Istio's ztunnel) that prefers AES-256 still agrees.
         cipher_suites: vec![
-            r::cipher_suite::TLS13_AES_256_GCM_SHA384,
             r::cipher_suite::TLS13_AES_128_GCM_SHA256,
+            r::cipher_suite::TLS13_AES_256_GCM_SHA384,
         ],
         ..r::default_provider()
     })
@@ -245,4 +248,10 @@ pub fn peer_identity(conn: &rustls::CommonState) -> Option<Identity> {
     conn.peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| identity_from_cert(c))
+}
+
+/// Applies the data-path settings to an established HBONE TLS connection: a larger send
+/// buffer limit ([`crate::hbone::TLS_SEND_BUFFER`]) so a large DATA frame is one `writev`.
+pub fn tune<D>(conn: &mut rustls::ConnectionCommon<D>) {
+    conn.set_buffer_limit(Some(crate::hbone::TLS_SEND_BUFFER));
 }

@@ -97,6 +97,69 @@ impl Tunnel {
     }
 }
 
+/// Zero-copy paths used by the proxy's copy loop (`proxy::copy`): the generic
+/// `AsyncRead`/`AsyncWrite` impls below stay for other callers (waypoint, tests).
+impl Tunnel {
+    /// Sends a prefix of `buf` as one DATA frame without copying it: as many bytes as there is
+    /// send capacity for are split off the front of `buf` and handed to h2. Returns how many
+    /// were taken (> 0), or waits for capacity, so backpressure is the same as `poll_write`.
+    pub(crate) fn poll_send_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.shut {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        loop {
+            let cap = self.send.capacity();
+            if cap > 0 {
+                let n = cap.min(buf.len());
+                let data = buf.split_to(n).freeze();
+                return match self.send.send_data(data, false) {
+                    Ok(()) => Poll::Ready(Ok(n)),
+                    Err(_) => Poll::Ready(Err(self.send_closed(cx))),
+                };
+            }
+            self.send.reserve_capacity(buf.len());
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => return Poll::Ready(Err(self.send_closed(cx))),
+            }
+        }
+    }
+
+    /// The next received chunk as h2 delivered it (no copy), or `None` at END_STREAM. Its
+    /// flow-control window is released as it is taken, like `poll_read` does.
+    pub(crate) fn poll_recv_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+        }
+        loop {
+            if self.read_eof {
+                return Poll::Ready(Ok(None));
+            }
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if !data.is_empty() {
+                        return Poll::Ready(Ok(Some(data)));
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => self.read_eof = true,
+            }
+        }
+    }
+}
+
 impl AsyncRead for Tunnel {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -37,7 +37,6 @@ use http::{HeaderMap, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Why a connection was not admitted.
@@ -97,7 +96,8 @@ async fn serve_conn(
     peer: SocketAddr,
 ) {
     // Bounded handshake: half-open or silent peers cannot hold a task forever.
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+    let tcp = crate::hbone::io::ReadBuffered::new(tcp, crate::hbone::TLS_READ_BUFFER);
+    let mut tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             tracing::warn!(%peer, pod = %ctx.workload.name, error = %e, "HBONE TLS handshake refused");
@@ -110,6 +110,7 @@ async fn serve_conn(
             return;
         }
     };
+    crate::tls::tune(tls.get_mut().1);
     let src_identity = crate::tls::peer_identity(tls.get_ref().1);
     let drain = inputs.drain.clone();
     let handler = {
@@ -281,7 +282,7 @@ pub(crate) async fn relay<A>(
     dst: SocketAddr,
 ) -> bool
 where
-    A: AsyncRead + AsyncWrite + Unpin,
+    A: super::copy::Endpoint,
 {
     let start = Instant::now();
     let reporter = labels.reporter.clone();

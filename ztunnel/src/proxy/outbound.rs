@@ -211,11 +211,13 @@ async fn dial(
     expected: crate::identity::Identity,
 ) -> Result<H2Client, HboneError> {
     let tcp = ctx.sockets.connect(addr).await?;
+    let tcp = crate::hbone::io::ReadBuffered::new(tcp, crate::hbone::TLS_READ_BUFFER);
     let cfg = crate::tls::client_config(ctx.cert.clone(), inputs.certs.roots(), vec![expected])
         .map_err(|e| HboneError::Io(std::io::Error::other(e)))?;
-    let tls = tokio_rustls::TlsConnector::from(cfg)
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(crate::tls::dummy_server_name(), tcp)
         .await?;
+    crate::tls::tune(tls.get_mut().1);
     H2Client::handshake(tls).await
 }
 
@@ -263,7 +265,7 @@ async fn relay_client<U>(
     peer: SocketAddr,
     dst: SocketAddr,
 ) where
-    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: super::copy::Endpoint,
 {
     let start = Instant::now();
     let security = labels.connection_security_policy.clone();
