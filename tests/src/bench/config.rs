@@ -3,17 +3,16 @@
 //! `common` crate's data model, and applying a one-file change.
 //!
 //! The load runs in a child process (this binary, `config-load`) so its peak RSS is the
-//! config's alone. `common` has no directory loader yet, so the child reads each file with
-//! `serde_yaml` into `common::Resource` and builds `common::Model` — the two steps the loader
-//! will do; switch to the loader's entry point once it lands.
+//! config's alone, through the product's entry point: `common::load::Loader` (parallel parse
+//! and validation of every file) then `Loaded::into_model`.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use common::{Model, Resource};
-use serde::Deserialize;
+use anyhow::Result;
+use common::load::Loader;
+use common::{BuildOptions, Resource};
 
 use super::report::Report;
 use super::{probe::self_exe, tools, Opts};
@@ -76,73 +75,47 @@ pub fn generate(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn parse_file(path: &Path) -> Result<Vec<Resource>> {
-    let text = std::fs::read_to_string(path)?;
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let r =
-            Resource::deserialize(doc).with_context(|| format!("parsing {}", path.display()))?;
-        out.push(r);
-    }
-    Ok(out)
-}
-
 fn rss_mb() -> f64 {
     tools::status_mb(std::process::id(), "VmRSS").unwrap_or(f64::NAN)
 }
 
-/// The child: load `dir`, build the model, then change one file and apply it. Prints JSON.
+/// The child: load `dir` with the product's loader (parse, validate, build the model), then
+/// change one file and apply it as the watcher does (only that file is parsed again). Prints
+/// JSON.
 pub fn load_child(dir: &Path) -> Result<()> {
+    let options = BuildOptions::default();
     let rss0 = rss_mb();
     let t0 = Instant::now();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    let mut per_file: Vec<(PathBuf, Vec<Resource>)> = Vec::with_capacity(files.len());
-    for f in files {
-        let r = parse_file(&f)?;
-        per_file.push((f, r));
-    }
+    let mut loader = Loader::new();
+    let loaded = loader.load_dir(dir);
     let parse_s = t0.elapsed().as_secs_f64();
-    let all: Vec<Resource> = per_file
-        .iter()
-        .flat_map(|(_, r)| r.iter().cloned())
-        .collect();
+    let count = |f: fn(&Resource) -> bool| loaded.resources.iter().filter(|r| f(r)).count();
     let counts = (
-        all.iter().filter(|r| matches!(r, Resource::Pod(_))).count(),
-        all.iter()
-            .filter(|r| matches!(r, Resource::Service(_)))
-            .count(),
-        all.iter()
-            .filter(|r| matches!(r, Resource::VirtualService(_)))
-            .count(),
+        count(|r| matches!(r, Resource::Pod(_))),
+        count(|r| matches!(r, Resource::Service(_))),
+        count(|r| matches!(r, Resource::VirtualService(_))),
     );
     let t1 = Instant::now();
-    let model = Model::build(all);
+    let model = loaded
+        .into_model(&options)
+        .map_err(|e| anyhow::anyhow!("generated config rejected: {e}"))?;
     let build_s = t1.elapsed().as_secs_f64();
     let rss_loaded = rss_mb();
     let workloads = model.workloads().len();
     let services = model.services().len();
 
-    // A one-file change as the watcher sees it: re-read that file, swap its resources in,
-    // build a new model (the old one keeps serving until the swap).
+    // A one-file change as the watcher sees it: the loader re-reads the directory, parses only
+    // the changed file, and a new model is built (the old one keeps serving until the swap).
     let changed = dir.join(CHANGED_FILE);
     let text = std::fs::read_to_string(&changed)?
         .replace("weight: 90", "weight: 80")
         .replace("weight: 10", "weight: 20");
     std::fs::write(&changed, text)?;
     let t2 = Instant::now();
-    let fresh = parse_file(&changed)?;
-    if let Some(slot) = per_file.iter_mut().find(|(p, _)| *p == changed) {
-        slot.1 = fresh;
-    }
-    let all: Vec<Resource> = per_file
-        .iter()
-        .flat_map(|(_, r)| r.iter().cloned())
-        .collect();
-    let model2 = Model::build(all);
+    let model2 = loader
+        .load_dir(dir)
+        .into_model(&options)
+        .map_err(|e| anyhow::anyhow!("changed config rejected: {e}"))?;
     let change_s = t2.elapsed().as_secs_f64();
     let peak = tools::status_mb(std::process::id(), "VmHWM").unwrap_or(f64::NAN);
     println!(
@@ -156,6 +129,7 @@ pub fn load_child(dir: &Path) -> Result<()> {
             "model2_workloads": model2.workloads().len(),
         })
     );
+    drop(model);
     Ok(())
 }
 
@@ -198,7 +172,7 @@ pub fn run(opts: &Opts, report: &mut Report) -> Result<()> {
                 Err(e) => Err(anyhow::anyhow!("{e:#}")),
             }
         };
-        let p = "common (serde_yaml → Model::build)";
+        let p = "common (Loader → Model)";
         report.record(S, "parse 150 files", p, "ms", get("parse_s", 1000.0));
         report.record(S, "build model", p, "ms", get("build_s", 1000.0));
         report.record(S, "load total", p, "ms", get("load_s", 1000.0));
@@ -215,7 +189,7 @@ pub fn run(opts: &Opts, report: &mut Report) -> Result<()> {
     report.target(
         S,
         "load total",
-        "common (serde_yaml → Model::build)",
+        "common (Loader → Model)",
         "ms",
         "≪ 1000 (issue 2)",
     );
