@@ -315,30 +315,19 @@ impl Mesh {
 
     /// Starts `mesh-app serve` in a pod (inside its cgroup, as an application would run).
     pub fn start_app(&mut self, pod: &str, service: &str, version: &str, port: u16) -> Result<()> {
-        let p = self.topo.pod(pod);
-        let argv = vec![
-            bin("mesh-app").display().to_string(),
-            "serve".into(),
-            "--listen".into(),
-            format!("0.0.0.0:{port}"),
-            "--service".into(),
-            service.into(),
-            "--version".into(),
-            version.into(),
-            "--pod".into(),
-            pod.into(),
-        ];
-        let ns = p.ns.name.clone();
-        let proc = Proc::spawn(
+        let listen = format!("0.0.0.0:{port}");
+        let args = [
+            "serve",
+            "--listen",
+            &listen,
+            "--service",
+            service,
+            "--version",
+            version,
+            "--pod",
             pod,
-            Some(&ns),
-            Some(&p.cgroup.path),
-            &argv,
-            &[],
-            &self.log_dir,
-        )?;
-        self.procs.insert(pod.to_string(), proc);
-        self.wait_listening(&ns, port)
+        ];
+        self.start_in_pod(pod, pod, &args, port)
     }
 
     /// Starts `mesh-app <args>` in a pod (its netns and cgroup) as process `name`, and waits

@@ -71,17 +71,9 @@ impl Tally {
 
 /// Tally of the first `n` bytes of the pattern (what a correct download delivers).
 pub fn expected(n: u64) -> String {
-    let mut p = Pattern::default();
-    let mut t = Tally::default();
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(CHUNK as u64) as usize;
-        p.fill(&mut buf[..k]);
-        t.update(&buf[..k]);
-        left -= k as u64;
-    }
-    t.summary()
+    send_pattern(&mut io::sink(), n)
+        .expect("writing to a sink cannot fail")
+        .summary()
 }
 
 /// Serves the cases above until killed.

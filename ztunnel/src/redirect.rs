@@ -293,7 +293,7 @@ impl Capture {
             return Ok(None);
         }
         match sys::own_cgroup() {
-            Some(cg) if cg.parent().is_some() && sys::is_cgroup2(&cg) && !is_cgroup_root(&cg) => {
+            Some(cg) if sys::is_cgroup2(&cg) && !is_cgroup_root(&cg) => {
                 self.attach_proxy_cgroup(&cg)
             }
             _ => Ok(None),
