@@ -43,6 +43,10 @@ impl OrigDstSource for EbpfCapture {
             tracing::debug!("fast path not set up for a delivery connection: {e}");
         }
     }
+
+    fn read_meter(&self, sock: BorrowedFd<'_>) -> Option<crate::redirect::ReadMeter> {
+        self.0.read_meter(sock)
+    }
 }
 
 impl CaptureHook for EbpfCapture {

@@ -66,6 +66,12 @@ pub trait OrigDstSource: Send + Sync + std::fmt::Debug {
     /// Called with the socket ztunnel just connected to a pod's application (delivery), before
     /// anything is written to it: the eBPF source puts it on the sockmap fast path.
     fn delivery(&self, _sock: BorrowedFd<'_>) {}
+    /// A meter for what ztunnel reads from `sock` (the socket accepted on the outbound
+    /// listener, or the delivery socket), when the source wants to know (the fast path's
+    /// redirect window); `None` otherwise.
+    fn read_meter(&self, _sock: BorrowedFd<'_>) -> Option<crate::redirect::ReadMeter> {
+        None
+    }
 }
 
 /// A table of original destinations filled by tests (or by a harness without eBPF); falls

@@ -75,7 +75,7 @@ pub use counters::{CaptureCounters, ProgramCounters};
 pub use error::RedirectError;
 pub use fastpath::{
     enabled_from_env as fastpath_enabled_from_env, parse_switch, FastpathCounters, FastpathStatus,
-    FASTPATH_ENV,
+    ReadMeter, FASTPATH_ENV,
 };
 
 /// Environment variable naming the eBPF object to load.
@@ -235,6 +235,13 @@ impl Capture {
     /// connection leaves the namespace). The socket leaves the map by itself when closed.
     pub fn accelerate(&self, sock: BorrowedFd<'_>) -> Result<bool, RedirectError> {
         self.shared.fastpath.accelerate(sock)
+    }
+
+    /// What ztunnel reads from `sock` (an accelerated socket of its own) is to be reported
+    /// through the returned meter, so the fast path keeps a connection whose reader keeps up
+    /// (see `ebpf_common::fastpath::REDIRECT_WINDOW`). `None` when there is nothing to report.
+    pub fn read_meter(&self, sock: BorrowedFd<'_>) -> Option<ReadMeter> {
+        self.shared.fastpath.read_meter(sock)
     }
 
     /// Take the connection of `sock` (either end) off the fast path in both directions; bytes

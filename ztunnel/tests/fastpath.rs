@@ -36,6 +36,7 @@ use fastpath_env::{app, Mesh, Relay, Server, StreamHash};
 
 const GIB: u64 = 1 << 30;
 
+use ebpf_common::fastpath::REDIRECT_WINDOW;
 /// Server ports (in the server namespace) and what the server does there; see `Server`.
 use fastpath_env::ports::{CHARGEN, HASH_SINK, HASH_SINK_GREET, RESET, SEQUENCE};
 
@@ -95,7 +96,12 @@ fn gib_transfer_both_ways_keeps_every_byte() {
         let c = mesh.cap.fastpath_counters();
         eprintln!("counters: {c:?}");
         if on {
-            assert!(c.bytes_redirected >= 2 * GIB, "{c:?}");
+            // The download is written by the relay and read by the application, which reports
+            // no reads: it takes the fast path for the first window, then TCP. The upload is
+            // read by the relay, which reports: it stays on while the relay keeps up.
+            assert!(c.bytes_redirected >= REDIRECT_WINDOW, "{c:?}");
+            assert!(c.bytes_redirected + c.bytes_passed >= 2 * GIB, "{c:?}");
+            assert!(c.directions_over_window >= 1, "{c:?}");
             assert!(c.pod_sockets >= 2 && c.ztunnel_sockets >= 2, "{c:?}");
         } else {
             assert_eq!(c, Default::default());
@@ -173,7 +179,44 @@ fn slow_reader_loses_nothing() {
             lag_ns as f64 / 1e6
         );
         if on {
-            assert!(mesh.cap.fastpath_counters().bytes_redirected >= total);
+            // The window bounds what the relay queues on the slow reader, then TCP's flow
+            // control holds the relay back.
+            let c = mesh.cap.fastpath_counters();
+            assert!(c.bytes_redirected >= REDIRECT_WINDOW, "{c:?}");
+            assert_eq!(c.directions_over_window, 1, "{c:?}");
+            assert!(c.bytes_redirected + c.bytes_passed >= total, "{c:?}");
+        }
+    });
+}
+
+/// An upload faster than the relay drains it (iperf3 into ztunnel across nodes): the
+/// redirect window pins the direction to TCP, whose flow control then holds the writer back,
+/// instead of the queue growing until the kernel fails the writer with ENOMEM. While the relay
+/// keeps up (its reads are reported) the direction stays on the fast path.
+#[test]
+fn upload_faster_than_the_relay_falls_back_to_tcp() {
+    both(|on| {
+        let relay = Relay {
+            upload_pause: Some(Duration::from_millis(10)),
+            ..Relay::default()
+        };
+        let mesh = Mesh::new(on, relay);
+        let server = Server::start(&mesh);
+        let total = 4 * REDIRECT_WINDOW;
+        let up = app(
+            &mesh,
+            "up",
+            &[&server.addr(HASH_SINK_GREET), &total.to_string(), "262144"],
+        );
+        eagain(&up, on);
+        let (n, hash) = server.next_hash();
+        assert_eq!((n, hash), (up.u64("sent"), up.u64("hash")));
+        let c = mesh.cap.fastpath_counters();
+        eprintln!("counters: {c:?}");
+        if on {
+            assert!(c.directions_over_window >= 1, "{c:?}");
+            assert!(c.bytes_redirected >= REDIRECT_WINDOW, "{c:?}");
+            assert!(c.bytes_passed >= REDIRECT_WINDOW, "{c:?}");
         }
     });
 }
@@ -217,7 +260,9 @@ fn leaving_the_fast_path_mid_stream_keeps_the_stream() {
         let c = mesh.cap.fastpath_counters();
         eprintln!("counters: {c:?}");
         if on {
-            assert!(c.bytes_redirected >= 32 << 20, "{c:?}");
+            // The relay reports its reads, so the upload stays on the fast path until ztunnel
+            // takes it off (unless the relay fell a whole window behind first).
+            assert!(c.bytes_redirected >= REDIRECT_WINDOW, "{c:?}");
             assert!(c.bytes_passed >= 64 << 20, "{c:?}");
         }
     });
@@ -291,7 +336,13 @@ fn delivery_to_the_application_keeps_every_byte() {
         let c = mesh.cap.fastpath_counters();
         eprintln!("counters: {c:?}");
         if on {
-            assert!(c.bytes_redirected >= total && c.pod_sockets >= 1, "{c:?}");
+            // ztunnel -> application: no read reports, so one window, then TCP.
+            assert!(
+                c.bytes_redirected >= REDIRECT_WINDOW && c.pod_sockets >= 1,
+                "{c:?}"
+            );
+            assert!(c.bytes_redirected + c.bytes_passed >= total, "{c:?}");
+            assert_eq!(c.directions_over_window, 1, "{c:?}");
         } else {
             assert_eq!(c, Default::default());
         }

@@ -55,6 +55,13 @@ pub mod maps {
     /// `LRU_HASH<FlowKey, u8>`: sending directions that must stay on the normal TCP path
     /// (a byte already went that way, or ztunnel took the connection off the fast path).
     pub const FLOW_FALLBACK: &str = "FLOW_FALLBACK";
+    /// `LRU_HASH<FlowKey, u64>`: bytes each sending direction has redirected so far (written
+    /// by `sk_msg` only), for the redirect window ([`crate::fastpath::REDIRECT_WINDOW`]).
+    pub const FLOW_SENT: &str = "FLOW_SENT";
+    /// `LRU_HASH<FlowKey, u64>`: bytes the reader of a sending direction has consumed, keyed
+    /// like the sender's entry; written by ztunnel for the directions it reads (its in-pod
+    /// sockets), at most every [`crate::fastpath::READ_REPORT_EVERY`] bytes.
+    pub const FLOW_READ: &str = "FLOW_READ";
     /// `PERCPU_ARRAY<u64>` indexed by [`crate::fastpath`].
     pub const FASTPATH_COUNTERS: &str = "FASTPATH_COUNTERS";
 }
@@ -83,8 +90,27 @@ pub mod fastpath {
     pub const BYTES_PASSED: u32 = 4;
     /// Sending directions that fell back for good (peer not in `FLOWS` at their first byte).
     pub const DIRECTIONS_FELL_BACK: u32 = 5;
+    /// Sending directions pinned to TCP because they ran more than
+    /// [`REDIRECT_WINDOW`] ahead of their reader.
+    pub const DIRECTIONS_OVER_WINDOW: u32 = 6;
     /// Number of slots in the array.
-    pub const LEN: u32 = 6;
+    pub const LEN: u32 = 7;
+
+    /// How far a sending direction may run ahead of its reader on the fast path, in bytes.
+    /// Redirected bytes queue on the reader without backpressure: the kernel charges them to
+    /// the machine's TCP memory, not to the reader's receive buffer, and releases the writer's
+    /// send buffer at once, so a writer faster than its reader (an upload into ztunnel faster
+    /// than the tunnel drains it; ztunnel delivering to a slow application) would grow the
+    /// queue until the kernel fails the writer's `write()` with ENOMEM. Past the window the
+    /// direction is pinned to TCP, whose flow control then holds the writer back (the ordering
+    /// rule allows redirect -> TCP, never back). Directions ztunnel reads are measured against
+    /// what it has read (`FLOW_READ`), so a connection whose reader keeps up stays on the fast
+    /// path for good; directions an application reads have no such report, and the window
+    /// bounds the bytes they redirect in total. Sized like a large socket buffer pair.
+    pub const REDIRECT_WINDOW: u64 = 16 << 20;
+    /// ztunnel reports its reads to `FLOW_READ` once per this many bytes (a syscall per report):
+    /// the window then over-counts the reader's lag by less than this.
+    pub const READ_REPORT_EVERY: u64 = 1 << 20;
 }
 
 /// Indexes into the `COUNTERS` per-CPU array: `program * 3 + outcome`.

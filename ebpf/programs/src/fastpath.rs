@@ -16,6 +16,10 @@
 //! is pinned there for the rest of the connection. ztunnel's "take this connection off the fast
 //! path" pins both directions the same way instead of deleting sockets from the map, which
 //! would discard bytes already queued for the reader.
+//!
+//! Backpressure, the reason for `FLOW_SENT`/`FLOW_READ`: redirected bytes queue on the reader
+//! without flow control (see `ebpf_common::fastpath::REDIRECT_WINDOW`). A direction that runs
+//! more than the window ahead of its reader is pinned to TCP, under the same ordering rule.
 
 use core::ptr::read_volatile;
 
@@ -29,7 +33,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use ebpf_common::{fastpath, flags, v4_mapped, FlowKey, IpWords};
 
-use crate::maps::{FASTPATH_COUNTERS, FLOWS, FLOW_FALLBACK, POD_CONFIG};
+use crate::maps::{FASTPATH_COUNTERS, FLOWS, FLOW_FALLBACK, FLOW_READ, FLOW_SENT, POD_CONFIG};
 
 const AF_INET6: u32 = 10;
 /// `BPF_ANY`: insert or replace (a stale socket cannot hold a live 4-tuple's key).
@@ -107,8 +111,11 @@ pub fn register(ctx: &SockOpsContext) {
         remote_port: remote_port(rport),
         _pad: 0,
     };
-    // A previous connection on the same 4-tuple may have left its pin behind (LRU).
+    // A previous connection on the same 4-tuple may have left its pin and its byte counts
+    // behind (LRU).
     let _ = FLOW_FALLBACK.remove(key);
+    let _ = FLOW_SENT.remove(key);
+    let _ = FLOW_READ.remove(key);
     // SAFETY: the context is the kernel's valid bpf_sock_ops for this callback.
     match FLOWS.update(&mut key, unsafe { &mut *ops }, BPF_ANY) {
         Ok(()) => {
@@ -170,8 +177,22 @@ pub fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
         add(fastpath::BYTES_PASSED, u64::from(size));
         return SK_PASS;
     }
+    // The redirect window: sk_msg runs under the sending socket's lock, so this
+    // read-modify-write of the direction's own `FLOW_SENT` entry does not race; `FLOW_READ`
+    // is ztunnel's (possibly stale, hence conservative) report of what it has read.
+    // SAFETY: plain-data values copied out at once.
+    let sent = unsafe { FLOW_SENT.get(own) }.copied().unwrap_or(0) + u64::from(size);
+    let read = unsafe { FLOW_READ.get(own) }.copied().unwrap_or(0);
+    if sent.saturating_sub(read) > fastpath::REDIRECT_WINDOW {
+        // Pinning is always safe for ordering: the bytes already redirected are read first.
+        let _ = FLOW_FALLBACK.insert(own, 1, 0);
+        add(fastpath::DIRECTIONS_OVER_WINDOW, 1);
+        add(fastpath::BYTES_PASSED, u64::from(size));
+        return SK_PASS;
+    }
     let mut peer = own.peer();
     if FLOWS.redirect_msg(&ctx, &mut peer, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS) {
+        let _ = FLOW_SENT.insert(own, sent, 0);
         add(fastpath::MSGS_REDIRECTED, 1);
         add(fastpath::BYTES_REDIRECTED, u64::from(size));
     } else {

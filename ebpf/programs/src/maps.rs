@@ -53,6 +53,18 @@ pub static FLOWS: SockHash<FlowKey> = SockHash::with_max_entries(capacity::FLOWS
 pub static FLOW_FALLBACK: LruHashMap<FlowKey, u8> =
     LruHashMap::with_max_entries(capacity::FLOW_FALLBACK, 0);
 
+/// Fast path: bytes redirected so far per sending direction (the redirect window). LRU,
+/// cleared at registration like `FLOW_FALLBACK`; an evicted entry only makes the window
+/// start again (more queueing, never reordering).
+#[map]
+pub static FLOW_SENT: LruHashMap<FlowKey, u64> =
+    LruHashMap::with_max_entries(capacity::FLOW_FALLBACK, 0);
+
+/// Fast path: bytes ztunnel has read of a sending direction (keyed like `FLOW_SENT`).
+#[map]
+pub static FLOW_READ: LruHashMap<FlowKey, u64> =
+    LruHashMap::with_max_entries(capacity::FLOW_FALLBACK, 0);
+
 /// Fast path counters, see `ebpf_common::fastpath`.
 #[map]
 pub static FASTPATH_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fastpath::LEN, 0);

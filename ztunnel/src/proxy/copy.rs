@@ -15,6 +15,7 @@
 //! stops while the write waits), from a tunnel at most one DATA frame is held.
 
 use crate::hbone::Tunnel;
+use crate::redirect::ReadMeter;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use std::future::poll_fn;
@@ -48,6 +49,63 @@ impl Endpoint for Tunnel {
         Some(self)
     }
 }
+
+/// A plain socket whose reads are reported to a fast path [`ReadMeter`] (the sockmap's
+/// redirect window measures how far the application's writes run ahead of ztunnel's reads).
+pub struct Metered<T> {
+    inner: T,
+    meter: Option<ReadMeter>,
+}
+
+impl<T> Metered<T> {
+    pub fn new(inner: T, meter: Option<ReadMeter>) -> Self {
+        Metered { inner, meter }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if let Some(m) = &mut this.meter {
+            m.consumed(buf.filled().len() - before);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: Endpoint> Endpoint for Metered<T> {}
 
 /// What a direction holds between its read and its write.
 enum Held {

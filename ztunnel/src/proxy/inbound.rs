@@ -289,8 +289,11 @@ where
     let security = labels.connection_security_policy.clone();
     let src_principal = labels.source_principal.clone();
     let m = inputs.metrics.connection(labels);
+    let meter = inputs.orig_dst.read_meter(std::os::fd::AsFd::as_fd(&up));
+    let mut metered = super::copy::Metered::new(&mut up, meter);
     let r =
-        super::copy::copy_bidirectional(&mut down, &mut up, Some(&m.received), Some(&m.sent)).await;
+        super::copy::copy_bidirectional(&mut down, &mut metered, Some(&m.received), Some(&m.sent))
+            .await;
     if r.is_err() {
         // The stream broke (the peer reset it, or a write failed): the application sees a
         // reset, not a clean end it could mistake for a complete stream.
@@ -347,7 +350,10 @@ pub(crate) async fn deliver_local(
                 svc.as_deref(),
                 "mutual_tls",
             );
-            if !relay(inputs, &mut down, up, labels, peer.ip(), dst).await {
+            // The client's socket is read here (not in an outbound relay): meter it too.
+            let meter = inputs.orig_dst.read_meter(std::os::fd::AsFd::as_fd(&down));
+            let mut metered = super::copy::Metered::new(&mut down, meter);
+            if !relay(inputs, &mut metered, up, labels, peer.ip(), dst).await {
                 // Both ends are local applications: the client sees the reset too.
                 super::abort(&down);
             }

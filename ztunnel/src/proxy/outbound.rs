@@ -270,8 +270,11 @@ async fn relay_client<U>(
     let start = Instant::now();
     let security = labels.connection_security_policy.clone();
     let m = inputs.metrics.connection(labels);
+    let meter = inputs.orig_dst.read_meter(std::os::fd::AsFd::as_fd(&down));
+    let mut metered = super::copy::Metered::new(&mut down, meter);
     let r =
-        super::copy::copy_bidirectional(&mut down, &mut up, Some(&m.sent), Some(&m.received)).await;
+        super::copy::copy_bidirectional(&mut metered, &mut up, Some(&m.sent), Some(&m.received))
+            .await;
     if r.is_err() {
         // A reset on the far side (RST_STREAM, or the upstream's RST) reaches the application
         // as a reset, never as a clean end of stream.

@@ -14,7 +14,10 @@
 use std::{
     net::SocketAddr,
     os::fd::{AsRawFd, BorrowedFd},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use aya::{
@@ -62,12 +65,16 @@ pub struct FastpathCounters {
     pub bytes_passed: u64,
     /// Connection directions pinned to TCP because their first byte found no peer socket.
     pub directions_fell_back: u64,
+    /// Connection directions pinned to TCP because they ran more than the redirect window
+    /// ahead of their reader (bulk transfers into a slower reader; the kernel gives
+    /// redirected bytes no backpressure of their own).
+    pub directions_over_window: u64,
 }
 
 impl FastpathCounters {
     /// (metric name, Prometheus type, help, value) for exporting; names without `_total`,
     /// which the exporter appends to counters.
-    pub fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 8] {
+    pub fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 9] {
         [
             (
                 "ztunnel_fastpath_setup_failed",
@@ -114,8 +121,15 @@ impl FastpathCounters {
             (
                 "ztunnel_fastpath_directions_fell_back",
                 "counter",
-                "Connection directions pinned to the TCP path",
+                "Connection directions pinned to the TCP path (no peer socket)",
                 self.directions_fell_back,
+            ),
+            (
+                "ztunnel_fastpath_directions_over_window",
+                "counter",
+                "Connection directions pinned to the TCP path for running too far ahead of \
+                 their reader",
+                self.directions_over_window,
             ),
         ]
     }
@@ -153,7 +167,45 @@ pub(crate) struct Fastpath {
 struct Maps {
     flows: Mutex<SockHash<MapData, FlowKey>>,
     fallback: Mutex<HashMap<MapData, FlowKey, u8>>,
+    sent: Mutex<HashMap<MapData, FlowKey, u64>>,
+    read: Arc<Mutex<HashMap<MapData, FlowKey, u64>>>,
     counters: PerCpuArray<MapData, u64>,
+}
+
+/// Reports what ztunnel has read of one accelerated direction (an application writing to one
+/// of ztunnel's in-pod sockets) to `FLOW_READ`, so the `sk_msg` program measures how far the
+/// writer really is ahead of ztunnel: a connection whose reader keeps up stays on the fast
+/// path however many bytes it carries (see `ebpf_common::fastpath::REDIRECT_WINDOW`).
+pub struct ReadMeter {
+    map: Arc<Mutex<HashMap<MapData, FlowKey, u64>>>,
+    /// The writer's key (its own point of view), as the program looks it up.
+    key: FlowKey,
+    read: u64,
+    reported: u64,
+}
+
+impl ReadMeter {
+    /// `n` more bytes were read from the socket. One map update per
+    /// `READ_REPORT_EVERY` bytes; a failed update is retried at the next read (until then the
+    /// program over-counts the lag, which only pins the direction earlier).
+    pub fn consumed(&mut self, n: usize) {
+        self.read += n as u64;
+        if self.read - self.reported >= slot::READ_REPORT_EVERY
+            && self.map.lock().insert(self.key, self.read, 0).is_ok()
+        {
+            self.reported = self.read;
+        }
+    }
+}
+
+impl std::fmt::Debug for ReadMeter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadMeter")
+            .field("local_port", &self.key.local_port)
+            .field("remote_port", &self.key.remote_port)
+            .field("read", &self.read)
+            .finish()
+    }
 }
 
 impl Fastpath {
@@ -195,14 +247,29 @@ impl Fastpath {
         let Some(key) = flow_key(sock)? else {
             return Ok(false);
         };
-        // A previous connection on the same 4-tuple may have left its pin behind (LRU).
+        // A previous connection on the same 4-tuple may have left its pin and byte count
+        // behind (LRU).
         let _ = maps.fallback.lock().remove(&key);
+        let _ = maps.sent.lock().remove(&key);
         maps.flows
             .lock()
             .insert(key, sock.as_raw_fd(), 0)
             .map_err(|e| RedirectError::kernel("adding a socket to the FLOWS sockhash", e))?;
         self.added_by_ztunnel.fetch_add(1, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// A [`ReadMeter`] for the direction into `sock` (one of ztunnel's accelerated sockets),
+    /// `None` when the fast path is off or the connection leaves the namespace.
+    pub(crate) fn read_meter(&self, sock: BorrowedFd<'_>) -> Option<ReadMeter> {
+        let maps = self.maps.as_ref()?;
+        let key = flow_key(sock).ok()??;
+        Some(ReadMeter {
+            map: maps.read.clone(),
+            key: key.peer(),
+            read: 0,
+            reported: 0,
+        })
     }
 
     /// Take the connection of `sock` off the fast path in both directions, keeping every
@@ -255,6 +322,7 @@ impl Fastpath {
         c.bytes_redirected = read(slot::BYTES_REDIRECTED);
         c.bytes_passed = read(slot::BYTES_PASSED);
         c.directions_fell_back = read(slot::DIRECTIONS_FELL_BACK);
+        c.directions_over_window = read(slot::DIRECTIONS_OVER_WINDOW);
         c
     }
 }
@@ -262,6 +330,8 @@ impl Fastpath {
 fn attach(ebpf: &mut Ebpf) -> Result<Maps, RedirectError> {
     let flows: SockHash<MapData, FlowKey> = take_map(ebpf, maps::FLOWS)?;
     let fallback = take_map(ebpf, maps::FLOW_FALLBACK)?;
+    let sent = take_map(ebpf, maps::FLOW_SENT)?;
+    let read = take_map(ebpf, maps::FLOW_READ)?;
     let counters = take_map(ebpf, maps::FASTPATH_COUNTERS)?;
     let p: &mut SkMsg = program(ebpf, programs::SK_MSG)?;
     p.load()
@@ -272,6 +342,8 @@ fn attach(ebpf: &mut Ebpf) -> Result<Maps, RedirectError> {
     Ok(Maps {
         flows: Mutex::new(flows),
         fallback: Mutex::new(fallback),
+        sent: Mutex::new(sent),
+        read: Arc::new(Mutex::new(read)),
         counters,
     })
 }

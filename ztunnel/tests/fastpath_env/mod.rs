@@ -127,6 +127,9 @@ pub struct Relay {
     /// Register the accepted socket in the kernel (`Capture::attach_proxy_cgroup` on a
     /// cgroup the 15001 listener is created in) instead of with `Capture::accelerate`.
     pub kernel_registration: bool,
+    /// Pause this long after each read of the client's upload: a relay slower than its
+    /// writer, as ztunnel is when the tunnel drains slower than the application writes.
+    pub upload_pause: Option<Duration>,
 }
 
 /// Pod + server namespaces, the capture, the pod's attachment and the relay.
@@ -291,14 +294,23 @@ fn relay_one(cap: Arc<Capture>, cfg: Relay, client: TcpStream, done: &AtomicU64)
     if !cfg.kernel_registration {
         cap.accelerate(client.as_fd()).expect("accelerate");
     }
+    // What the relay reads is reported, as ztunnel does, so the redirect window measures the
+    // application's real lead over the relay.
+    let mut meter = cap.read_meter(client.as_fd());
+    let mut consumed = move |n: usize| {
+        if let Some(m) = &mut meter {
+            m.consumed(n);
+        }
+    };
     match orig.port() {
         ports::RELAY_ECHO => {
             let _ = (&client).write_all(b"G");
             let mut buf = vec![0u8; 64 << 10];
             loop {
-                match (&client).read(&mut buf) {
+                match read_retry(&client, &mut buf) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
+                        consumed(n);
                         if (&client).write_all(&buf[..n]).is_err() {
                             return;
                         }
@@ -308,7 +320,12 @@ fn relay_one(cap: Arc<Capture>, cfg: Relay, client: TcpStream, done: &AtomicU64)
         }
         ports::RELAY_SINK => {
             let _ = (&client).write_all(b"G");
-            let n = std::io::copy(&mut &client, &mut std::io::sink()).unwrap_or(0);
+            let mut buf = vec![0u8; 256 << 10];
+            let mut n = 0u64;
+            while let Ok(k @ 1..) = read_retry(&client, &mut buf) {
+                consumed(k);
+                n += k as u64;
+            }
             let _ = (&client).write_all(format!("{n}").as_bytes());
             return;
         }
@@ -336,7 +353,13 @@ fn relay_one(cap: Arc<Capture>, cfg: Relay, client: TcpStream, done: &AtomicU64)
     let fd = client.as_raw_fd();
     let upload = thread::spawn(move || {
         let mut acted = false;
+        let mut last = 0u64;
         pump(&c, &s, |total| {
+            consumed((total - last) as usize);
+            last = total;
+            if let Some(pause) = cfg.upload_pause {
+                thread::sleep(pause);
+            }
             // SAFETY: `c` keeps the fd open for the duration of the pump.
             let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
             if !acted && cfg.decelerate_after.is_some_and(|n| total >= n) {
@@ -363,13 +386,14 @@ fn pump(from: &TcpStream, to: &TcpStream, mut progress: impl FnMut(u64)) {
     let mut buf = vec![0u8; 256 << 10];
     let mut total = 0u64;
     loop {
-        match (&*from).read(&mut buf) {
+        match read_retry(from, &mut buf) {
             Ok(0) => {
                 let _ = to.shutdown(Shutdown::Write);
                 return;
             }
             Ok(n) => {
-                if (&*to).write_all(&buf[..n]).is_err() {
+                if let Err(e) = (&*to).write_all(&buf[..n]) {
+                    eprintln!("relay: write failed after {total} bytes: {e}");
                     abort(from);
                     return;
                 }
@@ -381,6 +405,25 @@ fn pump(from: &TcpStream, to: &TcpStream, mut progress: impl FnMut(u64)) {
                 let _ = from.shutdown(Shutdown::Read);
                 return;
             }
+        }
+    }
+}
+
+/// A blocking read that, like ztunnel's event loop, treats a spurious `EAGAIN` from a socket
+/// on the fast path (kernel 6.18, see ebpf/README.md) as "wait for data again".
+fn read_retry(s: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match (&*s).read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut p = libc::pollfd {
+                    fd: s.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut p, 1, 100) };
+            }
+            r => return r,
         }
     }
 }
