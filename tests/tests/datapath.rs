@@ -123,9 +123,9 @@ fn streams_keep_every_byte_through_the_mesh() {
     if fastpath_switch() == "on" {
         // node1 carries the client's side of everything (2.5 GiB + 2.5 GiB), node2 the
         // delivery of the cross-node cases (2 GiB + ...). Every byte of those sockets went
-        // through the sk_msg program: redirected, or passed to TCP once a direction ran a
-        // whole window ahead of a reader that does not keep up (see REDIRECT_WINDOW), which the
-        // bulk cases and the slow reader do.
+        // through the sk_msg program: redirected, or passed to TCP once an application's
+        // upload ran a whole window ahead of a ztunnel draining into a slower tunnel (see
+        // REDIRECT_WINDOW; ztunnel's own writes are held instead, so they stay redirected).
         let window = 16.0 * MIB as f64;
         for (node, (redirected, passed, over), least) in [
             ("node1", n1, 2.0 * GIB as f64),
@@ -141,7 +141,6 @@ fn streams_keep_every_byte_through_the_mesh() {
                 "{node}'s fast path saw only {} bytes",
                 redirected + passed
             );
-            assert!(over >= 1.0, "{node}: no direction reached the window");
         }
     } else {
         assert_eq!((n1.0, n2.0), (0.0, 0.0), "fast path is off but moved bytes");

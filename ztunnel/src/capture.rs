@@ -44,8 +44,8 @@ impl OrigDstSource for EbpfCapture {
         }
     }
 
-    fn read_meter(&self, sock: BorrowedFd<'_>) -> Option<crate::redirect::ReadMeter> {
-        self.0.read_meter(sock)
+    fn flow_meter(&self, sock: BorrowedFd<'_>) -> Option<crate::redirect::FlowMeter> {
+        self.0.flow_meter(sock)
     }
 }
 

@@ -69,7 +69,7 @@ pub trait OrigDstSource: Send + Sync + std::fmt::Debug {
     /// A meter for what ztunnel reads from `sock` (the socket accepted on the outbound
     /// listener, or the delivery socket), when the source wants to know (the fast path's
     /// redirect window); `None` otherwise.
-    fn read_meter(&self, _sock: BorrowedFd<'_>) -> Option<crate::redirect::ReadMeter> {
+    fn flow_meter(&self, _sock: BorrowedFd<'_>) -> Option<crate::redirect::FlowMeter> {
         None
     }
 }

@@ -49,6 +49,7 @@
 
 mod attach;
 mod counters;
+mod diag;
 mod error;
 mod fastpath;
 mod log;
@@ -75,7 +76,7 @@ pub use counters::{CaptureCounters, ProgramCounters};
 pub use error::RedirectError;
 pub use fastpath::{
     enabled_from_env as fastpath_enabled_from_env, parse_switch, FastpathCounters, FastpathStatus,
-    ReadMeter, FASTPATH_ENV,
+    FlowMeter, FASTPATH_ENV,
 };
 
 /// Environment variable naming the eBPF object to load.
@@ -237,11 +238,11 @@ impl Capture {
         self.shared.fastpath.accelerate(sock)
     }
 
-    /// What ztunnel reads from `sock` (an accelerated socket of its own) is to be reported
-    /// through the returned meter, so the fast path keeps a connection whose reader keeps up
-    /// (see `ebpf_common::fastpath::REDIRECT_WINDOW`). `None` when there is nothing to report.
-    pub fn read_meter(&self, sock: BorrowedFd<'_>) -> Option<ReadMeter> {
-        self.shared.fastpath.read_meter(sock)
+    /// The redirect window's meter for `sock`, an accelerated socket of ztunnel's own: report
+    /// what is read from it and written to it, and hold writes while it says so (see
+    /// [`FlowMeter`]). `None` when the fast path is off or the connection leaves the namespace.
+    pub fn flow_meter(&self, sock: BorrowedFd<'_>) -> Option<FlowMeter> {
+        self.shared.fastpath.flow_meter(sock)
     }
 
     /// Take the connection of `sock` (either end) off the fast path in both directions; bytes

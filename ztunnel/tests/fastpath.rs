@@ -96,12 +96,12 @@ fn gib_transfer_both_ways_keeps_every_byte() {
         let c = mesh.cap.fastpath_counters();
         eprintln!("counters: {c:?}");
         if on {
-            // The download is written by the relay and read by the application, which reports
-            // no reads: it takes the fast path for the first window, then TCP. The upload is
-            // read by the relay, which reports: it stays on while the relay keeps up.
-            assert!(c.bytes_redirected >= REDIRECT_WINDOW, "{c:?}");
+            // The upload is read by the relay, which reports its reads; the download is
+            // written by the relay, which holds its writes while the application lags: both
+            // stay on the fast path (unless the unoptimised test relay fell a window behind
+            // the application's upload).
+            assert!(c.bytes_redirected >= GIB, "{c:?}");
             assert!(c.bytes_redirected + c.bytes_passed >= 2 * GIB, "{c:?}");
-            assert!(c.directions_over_window >= 1, "{c:?}");
             assert!(c.pod_sockets >= 2 && c.ztunnel_sockets >= 2, "{c:?}");
         } else {
             assert_eq!(c, Default::default());
@@ -179,12 +179,16 @@ fn slow_reader_loses_nothing() {
             lag_ns as f64 / 1e6
         );
         if on {
-            // The window bounds what the relay queues on the slow reader, then TCP's flow
-            // control holds the relay back.
+            // The relay's meter holds its writes while the reader lags by half a window
+            // (sock_diag says how much it has not read), so the download stays on the fast
+            // path from first byte to last and the relay's lead stays bounded.
             let c = mesh.cap.fastpath_counters();
-            assert!(c.bytes_redirected >= REDIRECT_WINDOW, "{c:?}");
-            assert_eq!(c.directions_over_window, 1, "{c:?}");
-            assert!(c.bytes_redirected + c.bytes_passed >= total, "{c:?}");
+            assert!(c.bytes_redirected >= total, "{c:?}");
+            assert_eq!(c.directions_over_window, 0, "{c:?}");
+            assert!(
+                lag_ns < 2_000_000_000,
+                "the relay ran {lag_ns} ns ahead of the slow reader"
+            );
         }
     });
 }
@@ -318,12 +322,20 @@ fn delivery_to_the_application_keeps_every_byte() {
                 })
                 .expect("connect to the application");
             assert_eq!(cap.accelerate(s.as_fd()).expect("accelerate"), on);
+            // As ztunnel's delivery does: writes held while the application lags.
+            let mut meter = cap.flow_meter(s.as_fd());
             let mut data = fastpath_env::Pattern::new(total);
             let mut hash = StreamHash::default();
             let mut buf = vec![0u8; 256 << 10];
             while let Some(n) = data.fill(&mut buf) {
                 hash.update(&buf[..n]);
+                while let Some(pause) = meter.as_mut().and_then(|m| m.before_write()) {
+                    std::thread::sleep(pause);
+                }
                 s.write_all(&buf[..n]).unwrap();
+                if let Some(m) = meter.as_mut() {
+                    m.wrote(n);
+                }
             }
             s.shutdown(Shutdown::Write).unwrap();
             let reply = read_to_string(&mut s).expect("reply");
@@ -336,13 +348,9 @@ fn delivery_to_the_application_keeps_every_byte() {
         let c = mesh.cap.fastpath_counters();
         eprintln!("counters: {c:?}");
         if on {
-            // ztunnel -> application: no read reports, so one window, then TCP.
-            assert!(
-                c.bytes_redirected >= REDIRECT_WINDOW && c.pod_sockets >= 1,
-                "{c:?}"
-            );
-            assert!(c.bytes_redirected + c.bytes_passed >= total, "{c:?}");
-            assert_eq!(c.directions_over_window, 1, "{c:?}");
+            // ztunnel -> application, held by the meter: on the fast path throughout.
+            assert!(c.bytes_redirected >= total && c.pod_sockets >= 1, "{c:?}");
+            assert_eq!(c.directions_over_window, 0, "{c:?}");
         } else {
             assert_eq!(c, Default::default());
         }

@@ -15,10 +15,10 @@
 //! stops while the write waits), from a tunnel at most one DATA frame is held.
 
 use crate::hbone::Tunnel;
-use crate::redirect::ReadMeter;
+use crate::redirect::FlowMeter;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -50,16 +50,47 @@ impl Endpoint for Tunnel {
     }
 }
 
-/// A plain socket whose reads are reported to a fast path [`ReadMeter`] (the sockmap's
-/// redirect window measures how far the application's writes run ahead of ztunnel's reads).
+/// One of ztunnel's in-pod sockets on the sockmap fast path, with its [`FlowMeter`]: reads and
+/// writes are reported for the redirect window, and writes wait while the meter says the
+/// application is too far behind (the backpressure redirected bytes do not get from the
+/// kernel). Without a meter it is the plain socket.
 pub struct Metered<T> {
     inner: T,
-    meter: Option<ReadMeter>,
+    meter: Option<FlowMeter>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> Metered<T> {
-    pub fn new(inner: T, meter: Option<ReadMeter>) -> Self {
-        Metered { inner, meter }
+    pub fn new(inner: T, meter: Option<FlowMeter>) -> Self {
+        Metered {
+            inner,
+            meter,
+            pause: None,
+        }
+    }
+
+    /// Ready when a write may go ahead.
+    fn poll_may_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(m) = &mut self.meter else {
+            return Poll::Ready(());
+        };
+        loop {
+            if let Some(p) = &mut self.pause {
+                ready!(p.as_mut().poll(cx));
+                self.pause = None;
+            }
+            match m.before_write() {
+                None => return Poll::Ready(()),
+                Some(d) => self.pause = Some(Box::pin(tokio::time::sleep(d))),
+            }
+        }
+    }
+
+    fn wrote(&mut self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let (Some(m), Poll::Ready(Ok(n))) = (&mut self.meter, &r) {
+            m.wrote(*n);
+        }
+        r
     }
 }
 
@@ -85,14 +116,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        ready!(this.poll_may_write(cx));
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(r)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        ready!(this.poll_may_write(cx));
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(r)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

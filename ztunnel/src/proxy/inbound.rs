@@ -289,7 +289,7 @@ where
     let security = labels.connection_security_policy.clone();
     let src_principal = labels.source_principal.clone();
     let m = inputs.metrics.connection(labels);
-    let meter = inputs.orig_dst.read_meter(std::os::fd::AsFd::as_fd(&up));
+    let meter = inputs.orig_dst.flow_meter(std::os::fd::AsFd::as_fd(&up));
     let mut metered = super::copy::Metered::new(&mut up, meter);
     let r =
         super::copy::copy_bidirectional(&mut down, &mut metered, Some(&m.received), Some(&m.sent))
@@ -351,7 +351,7 @@ pub(crate) async fn deliver_local(
                 "mutual_tls",
             );
             // The client's socket is read here (not in an outbound relay): meter it too.
-            let meter = inputs.orig_dst.read_meter(std::os::fd::AsFd::as_fd(&down));
+            let meter = inputs.orig_dst.flow_meter(std::os::fd::AsFd::as_fd(&down));
             let mut metered = super::copy::Metered::new(&mut down, meter);
             if !relay(inputs, &mut metered, up, labels, peer.ip(), dst).await {
                 // Both ends are local applications: the client sees the reset too.

@@ -270,7 +270,7 @@ async fn relay_client<U>(
     let start = Instant::now();
     let security = labels.connection_security_policy.clone();
     let m = inputs.metrics.connection(labels);
-    let meter = inputs.orig_dst.read_meter(std::os::fd::AsFd::as_fd(&down));
+    let meter = inputs.orig_dst.flow_meter(std::os::fd::AsFd::as_fd(&down));
     let mut metered = super::copy::Metered::new(&mut down, meter);
     let r =
         super::copy::copy_bidirectional(&mut metered, &mut up, Some(&m.sent), Some(&m.received))

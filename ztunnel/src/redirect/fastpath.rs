@@ -13,11 +13,12 @@
 
 use std::{
     net::SocketAddr,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
 use aya::{
@@ -29,6 +30,7 @@ use ebpf_common::{fastpath as slot, maps, programs, FlowKey};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use super::diag::DiagSocket;
 use super::{program, sys, take_map, RedirectError};
 
 /// Environment variable switching the fast path: `on` or `off` (the default).
@@ -172,38 +174,120 @@ struct Maps {
     counters: PerCpuArray<MapData, u64>,
 }
 
-/// Reports what ztunnel has read of one accelerated direction (an application writing to one
-/// of ztunnel's in-pod sockets) to `FLOW_READ`, so the `sk_msg` program measures how far the
-/// writer really is ahead of ztunnel: a connection whose reader keeps up stays on the fast
-/// path however many bytes it carries (see `ebpf_common::fastpath::REDIRECT_WINDOW`).
-pub struct ReadMeter {
+/// ztunnel's side of the redirect window (see `ebpf_common::fastpath::REDIRECT_WINDOW`) for
+/// one of its accelerated in-pod sockets, both directions:
+/// - reading: what ztunnel has read of the application's writes goes to `FLOW_READ`, so the
+///   `sk_msg` program measures how far the application really is ahead of ztunnel, and a
+///   connection whose reader keeps up stays on the fast path however many bytes it carries;
+/// - writing: the application reports nothing, so ztunnel asks the kernel how much of what it
+///   wrote the application has not read yet (its socket's receive memory, through
+///   `sock_diag`), reports the rest as read, and holds its own writes while the application
+///   lags by more than half a window — the backpressure TCP would have given, so the direction
+///   stays on the fast path instead of being pinned to TCP.
+pub struct FlowMeter {
     map: Arc<Mutex<HashMap<MapData, FlowKey, u64>>>,
-    /// The writer's key (its own point of view), as the program looks it up.
-    key: FlowKey,
+    /// The application's sending direction (its own key, as the program looks it up).
+    app_key: FlowKey,
+    /// ztunnel's sending direction.
+    own_key: FlowKey,
+    /// ztunnel's socket (a duplicate, to find its namespace when first needed), its address
+    /// and the application's.
+    sock: OwnedFd,
+    local: SocketAddr,
+    peer: SocketAddr,
     read: u64,
-    reported: u64,
+    read_reported: u64,
+    written: u64,
+    written_checked: u64,
+    diag: Option<DiagSocket>,
+    /// `sock_diag` failed once (old kernel, no permission): writes are no longer held, and the
+    /// window pins the direction instead.
+    diag_failed: bool,
+    /// Holding writes; the next pause if the application still lags.
+    holding: bool,
+    pause: Duration,
 }
 
-impl ReadMeter {
+/// Hold writes while the application has more than this unread: half the window, so the
+/// check interval and a write in flight never take the direction past it.
+const WRITE_HIGH_WATER: u64 = slot::REDIRECT_WINDOW / 2;
+const PAUSE_MIN: Duration = Duration::from_millis(1);
+const PAUSE_MAX: Duration = Duration::from_millis(32);
+
+impl FlowMeter {
     /// `n` more bytes were read from the socket. One map update per
     /// `READ_REPORT_EVERY` bytes; a failed update is retried at the next read (until then the
     /// program over-counts the lag, which only pins the direction earlier).
     pub fn consumed(&mut self, n: usize) {
         self.read += n as u64;
-        if self.read - self.reported >= slot::READ_REPORT_EVERY
-            && self.map.lock().insert(self.key, self.read, 0).is_ok()
+        if self.read - self.read_reported >= slot::READ_REPORT_EVERY
+            && self.map.lock().insert(self.app_key, self.read, 0).is_ok()
         {
-            self.reported = self.read;
+            self.read_reported = self.read;
         }
+    }
+
+    /// `n` more bytes were written to the socket.
+    pub fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
+    }
+
+    /// Before a write: `None` to go ahead, `Some(pause)` to wait that long and ask again (the
+    /// application is more than half a window behind). Asks the kernel once per
+    /// `READ_REPORT_EVERY` bytes written, and at every retry while holding.
+    pub fn before_write(&mut self) -> Option<Duration> {
+        if self.diag_failed
+            || (!self.holding && self.written - self.written_checked < slot::READ_REPORT_EVERY)
+        {
+            return None;
+        }
+        self.written_checked = self.written;
+        let unread = match self.app_unread() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "fast path: sock_diag unavailable, writes not held");
+                self.diag_failed = true;
+                return None;
+            }
+        };
+        let _ = self
+            .map
+            .lock()
+            .insert(self.own_key, self.written.saturating_sub(unread), 0);
+        if unread > WRITE_HIGH_WATER {
+            let pause = if self.holding {
+                (self.pause * 2).min(PAUSE_MAX)
+            } else {
+                PAUSE_MIN
+            };
+            self.holding = true;
+            self.pause = pause;
+            Some(pause)
+        } else {
+            self.holding = false;
+            None
+        }
+    }
+
+    fn app_unread(&mut self) -> std::io::Result<u64> {
+        let diag = match &mut self.diag {
+            Some(d) => d,
+            None => self
+                .diag
+                .insert(DiagSocket::in_netns_of(self.sock.as_fd())?),
+        };
+        // The application's socket: local and peer swapped.
+        Ok(u64::from(diag.rmem(self.peer, self.local)?.0))
     }
 }
 
-impl std::fmt::Debug for ReadMeter {
+impl std::fmt::Debug for FlowMeter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadMeter")
-            .field("local_port", &self.key.local_port)
-            .field("remote_port", &self.key.remote_port)
+        f.debug_struct("FlowMeter")
+            .field("local", &self.local)
+            .field("peer", &self.peer)
             .field("read", &self.read)
+            .field("written", &self.written)
             .finish()
     }
 }
@@ -259,16 +343,26 @@ impl Fastpath {
         Ok(true)
     }
 
-    /// A [`ReadMeter`] for the direction into `sock` (one of ztunnel's accelerated sockets),
-    /// `None` when the fast path is off or the connection leaves the namespace.
-    pub(crate) fn read_meter(&self, sock: BorrowedFd<'_>) -> Option<ReadMeter> {
+    /// A [`FlowMeter`] for `sock` (one of ztunnel's accelerated sockets), `None` when the fast
+    /// path is off or the connection leaves the namespace.
+    pub(crate) fn flow_meter(&self, sock: BorrowedFd<'_>) -> Option<FlowMeter> {
         let maps = self.maps.as_ref()?;
-        let key = flow_key(sock).ok()??;
-        Some(ReadMeter {
+        let (key, local, peer) = flow_key_addrs(sock).ok()??;
+        Some(FlowMeter {
             map: maps.read.clone(),
-            key: key.peer(),
+            app_key: key.peer(),
+            own_key: key,
+            sock: sock.try_clone_to_owned().ok()?,
+            local,
+            peer,
             read: 0,
-            reported: 0,
+            read_reported: 0,
+            written: 0,
+            written_checked: 0,
+            diag: None,
+            diag_failed: false,
+            holding: false,
+            pause: PAUSE_MIN,
         })
     }
 
@@ -351,6 +445,13 @@ fn attach(ebpf: &mut Ebpf) -> Result<Maps, RedirectError> {
 /// The `FLOWS` key of a connected socket, or `None` if its two ends have different addresses
 /// (the connection leaves the namespace, so there is no peer socket to hand bytes to).
 fn flow_key(sock: BorrowedFd<'_>) -> Result<Option<FlowKey>, RedirectError> {
+    Ok(flow_key_addrs(sock)?.map(|(k, _, _)| k))
+}
+
+/// [`flow_key`] with the socket's local and peer addresses.
+fn flow_key_addrs(
+    sock: BorrowedFd<'_>,
+) -> Result<Option<(FlowKey, SocketAddr, SocketAddr)>, RedirectError> {
     let io = |what: &str, e: std::io::Error| RedirectError::Kernel {
         operation: format!("reading the {what} of a socket to accelerate"),
         source: Box::new(e),
@@ -362,14 +463,15 @@ fn flow_key(sock: BorrowedFd<'_>) -> Result<Option<FlowKey>, RedirectError> {
     if local_ip != remote_ip {
         return Ok(None);
     }
-    Ok(Some(FlowKey {
+    let key = FlowKey {
         netns_cookie,
         local_ip,
         remote_ip,
         local_port: local.port(),
         remote_port: remote.port(),
         _pad: 0,
-    }))
+    };
+    Ok(Some((key, local, remote)))
 }
 
 #[cfg(test)]

@@ -296,9 +296,11 @@ fn relay_one(cap: Arc<Capture>, cfg: Relay, client: TcpStream, done: &AtomicU64)
     }
     // What the relay reads is reported, as ztunnel does, so the redirect window measures the
     // application's real lead over the relay.
-    let mut meter = cap.read_meter(client.as_fd());
-    let mut consumed = move |n: usize| {
-        if let Some(m) = &mut meter {
+    // What it writes is held back while the application lags, as ztunnel does.
+    let meter = Arc::new(std::sync::Mutex::new(cap.flow_meter(client.as_fd())));
+    let m = meter.clone();
+    let consumed = move |n: usize| {
+        if let Some(m) = m.lock().unwrap().as_mut() {
             m.consumed(n);
         }
     };
@@ -336,9 +338,11 @@ fn relay_one(cap: Arc<Capture>, cfg: Relay, client: TcpStream, done: &AtomicU64)
             let mut sent = 0;
             while sent < total {
                 let n = buf.len().min((total - sent) as usize);
+                hold(&meter);
                 if (&client).write_all(&buf[..n]).is_err() {
                     return;
                 }
+                wrote(&meter, n);
                 sent += n as u64;
             }
             return;
@@ -354,7 +358,7 @@ fn relay_one(cap: Arc<Capture>, cfg: Relay, client: TcpStream, done: &AtomicU64)
     let upload = thread::spawn(move || {
         let mut acted = false;
         let mut last = 0u64;
-        pump(&c, &s, |total| {
+        pump(&c, &s, None, |total| {
             consumed((total - last) as usize);
             last = total;
             if let Some(pause) = cfg.upload_pause {
@@ -375,14 +379,15 @@ fn relay_one(cap: Arc<Capture>, cfg: Relay, client: TcpStream, done: &AtomicU64)
             }
         });
     });
-    pump(&server, &client, |_| {});
+    pump(&server, &client, Some(&meter), |_| {});
     done.store(mono_ns(), Ordering::Relaxed);
     let _ = upload.join();
 }
 
 /// Copy to EOF, then half-close the other side; on an error reset the other side (linger 0,
 /// and wake the opposite pump so the last descriptor closes), as ztunnel propagates resets.
-fn pump(from: &TcpStream, to: &TcpStream, mut progress: impl FnMut(u64)) {
+/// `meter`: the fast path meter of `to`, whose writes it holds back and counts.
+fn pump(from: &TcpStream, to: &TcpStream, meter: Option<&Meter>, mut progress: impl FnMut(u64)) {
     let mut buf = vec![0u8; 256 << 10];
     let mut total = 0u64;
     loop {
@@ -392,10 +397,16 @@ fn pump(from: &TcpStream, to: &TcpStream, mut progress: impl FnMut(u64)) {
                 return;
             }
             Ok(n) => {
+                if let Some(m) = meter {
+                    hold(m);
+                }
                 if let Err(e) = (&*to).write_all(&buf[..n]) {
                     eprintln!("relay: write failed after {total} bytes: {e}");
                     abort(from);
                     return;
+                }
+                if let Some(m) = meter {
+                    wrote(m, n);
                 }
                 total += n as u64;
                 progress(total);
@@ -406,6 +417,30 @@ fn pump(from: &TcpStream, to: &TcpStream, mut progress: impl FnMut(u64)) {
                 return;
             }
         }
+    }
+}
+
+type Meter = std::sync::Mutex<Option<ztunnel::redirect::FlowMeter>>;
+
+/// Wait while the meter says the application is too far behind (ztunnel's `Metered` does the
+/// same on its timer).
+fn hold(meter: &Meter) {
+    loop {
+        let pause = meter
+            .lock()
+            .unwrap()
+            .as_mut()
+            .and_then(|m| m.before_write());
+        match pause {
+            Some(d) => thread::sleep(d),
+            None => return,
+        }
+    }
+}
+
+fn wrote(meter: &Meter, n: usize) {
+    if let Some(m) = meter.lock().unwrap().as_mut() {
+        m.wrote(n);
     }
 }
 
