@@ -15,8 +15,11 @@
 //!   [`CaptureOptions::fastpath`] (or [`FASTPATH_ENV`]`=on` for [`Capture::load`]);
 //!   [`Capture::accelerate`] registers ztunnel's own in-pod sockets (the one accepted on 15001,
 //!   the delivery socket) before ztunnel writes to them, or [`Capture::attach_proxy_cgroup`]
-//!   registers them in the kernel; [`Capture::decelerate`] takes a connection off it; [`Capture::fastpath_counters`] and [`Capture::fastpath_status`] for
-//!   metrics and `/config_dump`. See ebpf/README.md ("Sockmap fast path").
+//!   registers them in the kernel; [`Capture::flow_meter`] gives the redirect window's meter
+//!   for such a socket (reads reported, writes held while the application lags);
+//!   [`Capture::decelerate`] takes a connection off it; [`Capture::fastpath_counters`] and
+//!   [`Capture::fastpath_status`] for metrics and `/config_dump`. See ebpf/README.md
+//!   ("Sockmap fast path").
 //!
 //! # What is captured
 //! - Outbound: TCP connects from processes in the pod's cgroup to anything but loopback, and
