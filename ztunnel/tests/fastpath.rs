@@ -193,7 +193,8 @@ fn slow_reader_loses_nothing() {
     });
 }
 
-/// An upload faster than the relay drains it (iperf3 into ztunnel across nodes): the
+/// An upload faster than the relay drains it (iperf3 into ztunnel across nodes; here the
+/// relay stalls for 3 s after its first read): the
 /// redirect window pins the direction to TCP, whose flow control then holds the writer back,
 /// instead of the queue growing until the kernel fails the writer with ENOMEM. While the relay
 /// keeps up (its reads are reported) the direction stays on the fast path.
@@ -201,7 +202,7 @@ fn slow_reader_loses_nothing() {
 fn upload_faster_than_the_relay_falls_back_to_tcp() {
     both(|on| {
         let relay = Relay {
-            upload_pause: Some(Duration::from_millis(10)),
+            upload_stall: Some(Duration::from_secs(3)),
             ..Relay::default()
         };
         let mesh = Mesh::new(on, relay);

@@ -127,9 +127,10 @@ pub struct Relay {
     /// Register the accepted socket in the kernel (`Capture::attach_proxy_cgroup` on a
     /// cgroup the 15001 listener is created in) instead of with `Capture::accelerate`.
     pub kernel_registration: bool,
-    /// Pause this long after each read of the client's upload: a relay slower than its
-    /// writer, as ztunnel is when the tunnel drains slower than the application writes.
-    pub upload_pause: Option<Duration>,
+    /// Stop reading the client's upload this long after its first read: a relay slower than
+    /// its writer, as ztunnel is when the tunnel drains slower than the application writes
+    /// (a stall rather than a slow rate, so the writer's own speed does not matter).
+    pub upload_stall: Option<Duration>,
 }
 
 /// Pod + server namespaces, the capture, the pod's attachment and the relay.
@@ -357,12 +358,14 @@ fn relay_one(cap: Arc<Capture>, cfg: Relay, client: TcpStream, done: &AtomicU64)
     let fd = client.as_raw_fd();
     let upload = thread::spawn(move || {
         let mut acted = false;
+        let mut stalled = false;
         let mut last = 0u64;
         pump(&c, &s, None, |total| {
             consumed((total - last) as usize);
             last = total;
-            if let Some(pause) = cfg.upload_pause {
-                thread::sleep(pause);
+            if let Some(stall) = cfg.upload_stall.filter(|_| !stalled) {
+                thread::sleep(stall);
+                stalled = true;
             }
             // SAFETY: `c` keeps the fd open for the duration of the pump.
             let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
