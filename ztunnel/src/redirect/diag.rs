@@ -12,8 +12,6 @@ use std::{
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-/// `SIOCGSKNS`: open the network namespace a socket belongs to.
-const SIOCGSKNS: libc::c_ulong = 0x894C;
 /// `SOCK_DIAG_BY_FAMILY` request type.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `INET_DIAG_SKMEMINFO` attribute: `u32[SK_MEMINFO_VARS]`, `[0]` is `sk_rmem_alloc`,
@@ -35,13 +33,7 @@ pub struct DiagSocket {
 impl DiagSocket {
     /// A diag socket in the network namespace `sock` lives in.
     pub fn in_netns_of(sock: BorrowedFd<'_>) -> io::Result<DiagSocket> {
-        // SAFETY: SIOCGSKNS takes no argument and returns a new fd or -1.
-        let ns = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGSKNS) };
-        if ns < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just gave us this fd and nothing else owns it.
-        let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+        let ns = super::sys::socket_netns(sock)?;
         // setns affects only the calling thread: a throwaway thread keeps ztunnel's own threads
         // where they are; the socket keeps the namespace it was created in.
         let fd = std::thread::spawn(move || -> io::Result<OwnedFd> {

@@ -39,15 +39,20 @@ pub fn netns_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(cookie)
 }
 
-/// (device, inode) of the network namespace a socket lives in.
-pub fn socket_netns_id(sock: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+/// The network namespace a socket lives in, opened.
+pub fn socket_netns(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: SIOCGSKNS takes no argument and returns a new fd or -1.
     let fd = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGSKNS) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just gave us this fd and nothing else owns it.
-    let ns = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// (device, inode) of the network namespace a socket lives in.
+pub fn socket_netns_id(sock: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let ns = socket_netns(sock)?;
     let stat = nix::sys::stat::fstat(ns.as_raw_fd()).map_err(io::Error::from)?;
     Ok((stat.st_dev, stat.st_ino))
 }
