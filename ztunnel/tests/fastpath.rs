@@ -25,7 +25,7 @@
 mod fastpath_env;
 
 use std::{
-    io::{ErrorKind, Read, Write},
+    io::{ErrorKind, Write},
     net::{Shutdown, SocketAddr, TcpStream},
     os::fd::{AsFd, AsRawFd},
     sync::atomic::{AtomicU64, Ordering},
@@ -50,6 +50,32 @@ fn eagain(out: &fastpath_env::AppOutput, on: bool) {
     assert!(on || n == 0, "EAGAIN without the fast path: {}", out.raw);
 }
 
+/// The application uploads `total` bytes in `chunk`-byte writes to the server's `port`
+/// through the relay; the server must have received exactly that (length and hash). Returns
+/// the application's output and the server's (length, hash).
+fn upload_checked(
+    mesh: &Mesh,
+    server: &Server,
+    port: u16,
+    total: u64,
+    chunk: u32,
+    on: bool,
+) -> (fastpath_env::AppOutput, u64, u64) {
+    let up = app(
+        mesh,
+        "up",
+        &[&server.addr(port), &total.to_string(), &chunk.to_string()],
+    );
+    eagain(&up, on);
+    let (n, hash) = server.next_hash();
+    assert_eq!(
+        (n, hash),
+        (up.u64("sent"), up.u64("hash")),
+        "upload differs"
+    );
+    (up, n, hash)
+}
+
 fn both(f: impl Fn(bool)) {
     for on in [true, false] {
         eprintln!("--- fast path {}", if on { "on" } else { "off" });
@@ -64,18 +90,7 @@ fn gib_transfer_both_ways_keeps_every_byte() {
     both(|on| {
         let mesh = Mesh::new(on, Relay::default());
         let server = Server::start(&mesh);
-        let up = app(
-            &mesh,
-            "up",
-            &[&server.addr(HASH_SINK_GREET), &GIB.to_string(), "262144"],
-        );
-        eagain(&up, on);
-        let (n, hash) = server.next_hash();
-        assert_eq!(
-            (n, hash),
-            (up.u64("sent"), up.u64("hash")),
-            "upload differs"
-        );
+        let (up, n, hash) = upload_checked(&mesh, &server, HASH_SINK_GREET, GIB, 262144, on);
         assert_eq!(
             up.str("reply"),
             format!("{n}:{hash:016x}"),
@@ -117,10 +132,7 @@ fn half_close_and_client_first_fallback() {
     both(|on| {
         let mesh = Mesh::new(on, Relay::default());
         let server = Server::start(&mesh);
-        let up = app(&mesh, "up", &[&server.addr(HASH_SINK), "10000000", "65536"]);
-        eagain(&up, on);
-        let (n, hash) = server.next_hash();
-        assert_eq!((n, hash), (up.u64("sent"), up.u64("hash")));
+        let (up, n, hash) = upload_checked(&mesh, &server, HASH_SINK, 10_000_000, 65536, on);
         assert_eq!(up.str("reply"), format!("{n}:{hash:016x}"));
         let c = mesh.cap.fastpath_counters();
         eprintln!("counters: {c:?}");
@@ -208,14 +220,7 @@ fn upload_faster_than_the_relay_falls_back_to_tcp() {
         let mesh = Mesh::new(on, relay);
         let server = Server::start(&mesh);
         let total = 4 * REDIRECT_WINDOW;
-        let up = app(
-            &mesh,
-            "up",
-            &[&server.addr(HASH_SINK_GREET), &total.to_string(), "262144"],
-        );
-        eagain(&up, on);
-        let (n, hash) = server.next_hash();
-        assert_eq!((n, hash), (up.u64("sent"), up.u64("hash")));
+        upload_checked(&mesh, &server, HASH_SINK_GREET, total, 262144, on);
         let c = mesh.cap.fastpath_counters();
         eprintln!("counters: {c:?}");
         if on {
@@ -254,14 +259,7 @@ fn leaving_the_fast_path_mid_stream_keeps_the_stream() {
         let mesh = Mesh::new(on, relay);
         let server = Server::start(&mesh);
         let total = 128u64 << 20;
-        let up = app(
-            &mesh,
-            "up",
-            &[&server.addr(HASH_SINK_GREET), &total.to_string(), "65536"],
-        );
-        eagain(&up, on);
-        let (n, hash) = server.next_hash();
-        assert_eq!((n, hash), (up.u64("sent"), up.u64("hash")));
+        upload_checked(&mesh, &server, HASH_SINK_GREET, total, 65536, on);
         let c = mesh.cap.fastpath_counters();
         eprintln!("counters: {c:?}");
         if on {
@@ -284,10 +282,7 @@ fn kernel_registration_accelerates_client_first_uploads() {
         };
         let mesh = Mesh::new(on, relay);
         let server = Server::start(&mesh);
-        let up = app(&mesh, "up", &[&server.addr(HASH_SINK), "10000000", "65536"]);
-        eagain(&up, on);
-        let (n, hash) = server.next_hash();
-        assert_eq!((n, hash), (up.u64("sent"), up.u64("hash")));
+        let (up, n, hash) = upload_checked(&mesh, &server, HASH_SINK, 10_000_000, 65536, on);
         assert_eq!(up.str("reply"), format!("{n}:{hash:016x}"));
         let c = mesh.cap.fastpath_counters();
         eprintln!("counters: {c:?}");
@@ -330,9 +325,7 @@ fn delivery_to_the_application_keeps_every_byte() {
             let mut buf = vec![0u8; 256 << 10];
             while let Some(n) = data.fill(&mut buf) {
                 hash.update(&buf[..n]);
-                while let Some(pause) = meter.as_mut().and_then(|m| m.before_write()) {
-                    std::thread::sleep(pause);
-                }
+                fastpath_env::hold_while(|| meter.as_mut().and_then(|m| m.before_write()));
                 s.write_all(&buf[..n]).unwrap();
                 if let Some(m) = meter.as_mut() {
                     m.wrote(n);
@@ -465,21 +458,9 @@ fn app_process() {
 static SPURIOUS_EAGAIN: AtomicU64 = AtomicU64::new(0);
 
 fn read(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        match s.read(buf) {
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                SPURIOUS_EAGAIN.fetch_add(1, Ordering::Relaxed);
-                let mut pfd = libc::pollfd {
-                    fd: s.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                unsafe { libc::poll(&mut pfd, 1, 1000) };
-            }
-            other => return other,
-        }
-    }
+    fastpath_env::read_counting_eagain(s, buf, || {
+        SPURIOUS_EAGAIN.fetch_add(1, Ordering::Relaxed);
+    })
 }
 
 fn read_exact(s: &mut TcpStream, mut buf: &mut [u8]) -> std::io::Result<()> {

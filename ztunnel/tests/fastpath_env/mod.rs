@@ -428,16 +428,20 @@ type Meter = std::sync::Mutex<Option<ztunnel::redirect::FlowMeter>>;
 /// Wait while the meter says the application is too far behind (ztunnel's `Metered` does the
 /// same on its timer).
 fn hold(meter: &Meter) {
-    loop {
-        let pause = meter
+    hold_while(|| {
+        meter
             .lock()
             .unwrap()
             .as_mut()
-            .and_then(|m| m.before_write());
-        match pause {
-            Some(d) => thread::sleep(d),
-            None => return,
-        }
+            .and_then(|m| m.before_write())
+    });
+}
+
+/// Sleep for each pause `before_write` asks for (a `FlowMeter::before_write`), until it lets
+/// the write go ahead.
+pub fn hold_while(mut before_write: impl FnMut() -> Option<std::time::Duration>) {
+    while let Some(pause) = before_write() {
+        thread::sleep(pause);
     }
 }
 
@@ -450,16 +454,27 @@ fn wrote(meter: &Meter, n: usize) {
 /// A blocking read that, like ztunnel's event loop, treats a spurious `EAGAIN` from a socket
 /// on the fast path (kernel 6.18, see ebpf/README.md) as "wait for data again".
 fn read_retry(s: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    read_counting_eagain(s, buf, || {})
+}
+
+/// [`read_retry`], calling `on_eagain` for each spurious `EAGAIN` (the application counts
+/// them).
+pub fn read_counting_eagain(
+    s: &TcpStream,
+    buf: &mut [u8],
+    mut on_eagain: impl FnMut(),
+) -> std::io::Result<usize> {
     loop {
         match (&*s).read(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                on_eagain();
                 let mut p = libc::pollfd {
                     fd: s.as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 };
                 // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut p, 1, 100) };
+                unsafe { libc::poll(&mut p, 1, 1000) };
             }
             r => return r,
         }
