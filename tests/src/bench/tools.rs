@@ -137,16 +137,67 @@ pub fn reset_hwm(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
-/// Gbit/s received, from `iperf3 -J` output.
-pub fn iperf3_gbits(json: &[u8]) -> Result<f64> {
+/// Gbit/s and bytes received, from `iperf3 -J` output.
+pub fn iperf3_received(json: &[u8]) -> Result<(f64, f64)> {
     let v: serde_json::Value = serde_json::from_slice(json).context("iperf3 output is not JSON")?;
     if let Some(e) = v["error"].as_str() {
         bail!("iperf3: {e}");
     }
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .ok_or_else(|| anyhow!("iperf3 JSON has no end.sum_received"))?;
-    Ok(bps / 1e9)
+    let sum = &v["end"]["sum_received"];
+    let (Some(bps), Some(bytes)) = (sum["bits_per_second"].as_f64(), sum["bytes"].as_f64()) else {
+        bail!("iperf3 JSON has no end.sum_received");
+    };
+    Ok((bps / 1e9, bytes))
+}
+
+/// CPU seconds the whole machine has spent busy (user, nice, system, irq, softirq; not idle,
+/// iowait or steal), from `/proc/stat`. Machine-wide on purpose: the softirq work of the
+/// loopback and veth hops is charged to whichever process was running, or to no process.
+pub fn busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("/proc/stat has no cpu line"))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: f64 = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|i| f.get(*i).unwrap_or(&0.0))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(busy / hz)
+}
+
+/// AES-128-GCM speed of this host in GB/s (`openssl speed`, 16 KiB blocks, one second): a
+/// calibration recorded with every run, because the host's speed moves between runs and the
+/// absolute numbers only compare between runs of similar calibration.
+pub fn aes_gcm_gbytes() -> Result<f64> {
+    let out = Command::new("openssl")
+        .args([
+            "speed",
+            "-evp",
+            "aes-128-gcm",
+            "-bytes",
+            "16384",
+            "-seconds",
+            "1",
+        ])
+        .output()
+        .context("running openssl speed")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kb: f64 = text
+        .lines()
+        .find(|l| l.starts_with("AES-128-GCM"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.trim_end_matches('k').parse().ok())
+        .ok_or_else(|| anyhow!("openssl speed printed no AES-128-GCM line"))?;
+    Ok(kb * 1000.0 / 1e9)
 }
 
 /// Requests/s from h2load's summary, refusing runs where requests failed.
@@ -252,5 +303,23 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
         assert!(status_mb(pid, "VmRSS").unwrap() > 0.0);
+        let b0 = busy_seconds().unwrap();
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(50) {
+            std::hint::black_box(0u64);
+        }
+        assert!(
+            busy_seconds().unwrap() > b0,
+            "a busy loop must show in /proc/stat"
+        );
+    }
+
+    #[test]
+    fn parses_iperf3() {
+        let j = br#"{"end":{"sum_received":{"bits_per_second":8e9,"bytes":5e9}}}"#;
+        assert_eq!(iperf3_received(j).unwrap(), (8.0, 5e9));
+        let e = iperf3_received(br#"{"error":"unable to connect"}"#).unwrap_err();
+        assert!(format!("{e}").contains("unable to connect"));
+        assert!(iperf3_received(br#"{"end":{}}"#).is_err());
     }
 }

@@ -168,8 +168,11 @@ fn machine_info() -> String {
         .find(|l| l.starts_with("MemTotal:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0);
+    let aes = tools::aes_gcm_gbytes()
+        .map(|g| format!("{g:.2} GB/s"))
+        .unwrap_or_else(|e| format!("not measured ({e:#})"));
     format!(
-        "machine: {cpus} × {model}, {:.1} GiB RAM, Linux {}",
+        "machine: {cpus} × {model}, {:.1} GiB RAM, Linux {}; AES-128-GCM (openssl speed) {aes}",
         mem_kb as f64 / 1048576.0,
         kernel.trim()
     )
