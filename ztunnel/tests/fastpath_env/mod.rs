@@ -117,6 +117,40 @@ impl Drop for Cgroup {
     }
 }
 
+/// Removes what an earlier run of a test binary left behind when it was killed (a timeout,
+/// SIGKILL: no Drop guard runs): namespaces and cgroups tagged with the pid of a process that
+/// no longer exists. Once per process, before its first namespace.
+fn sweep_stale() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let stale = |name: &str| -> bool {
+            let Some(rest) = name.strip_prefix("mfp") else {
+                return false;
+            };
+            let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists()
+        };
+        let names = |dir: &str| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for ns in names("/run/netns").into_iter().filter(|n| stale(n)) {
+            eprintln!("removing network namespace {ns} left by a killed test run");
+            drop(Netns { name: ns });
+        }
+        for cg in names(CGROUP_ROOT).into_iter().filter(|n| stale(n)) {
+            eprintln!("removing cgroup {cg} left by a killed test run");
+            drop(Cgroup {
+                path: Path::new(CGROUP_ROOT).join(cg),
+            });
+        }
+    });
+}
+
 /// What the relay does besides copying.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Relay {
@@ -154,7 +188,9 @@ impl Mesh {
     pub fn new(fastpath: bool, relay: Relay) -> Mesh {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let tag = format!("mfp{}x{n}", pid % 100_000);
+        sweep_stale();
+        // The full pid in the tag lets a later run tell leftovers from live tests.
+        let tag = format!("mfp{pid}x{n}");
         let pod = Netns::new(format!("{tag}-pod"));
         let server_ns = Netns::new(format!("{tag}-srv"));
         let path = Path::new(CGROUP_ROOT).join(format!("{tag}-cg"));
