@@ -1,7 +1,8 @@
 //! `http-latency` and `http-throughput`: HTTP/1.1 1 KB responses at a fixed 1,000 req/s
 //! (latency percentiles, and what the mesh adds over direct), and the most requests per second
 //! h2load gets through each path at HTTP/1.1 and HTTP/2, next to nginx proxying the same
-//! backend on the same two cores.
+//! backend on the same two cores. The latency runs also measure two plain TCP relays on the
+//! ztunnels' hops: the floor of what any two proxies add on this machine.
 
 use std::fmt::Write as _;
 
@@ -15,6 +16,9 @@ use super::{tools, Opts};
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
     Direct,
+    /// Two plain TCP relays on the ztunnels' hops (client pod loopback, across nodes, server
+    /// pod loopback): the floor of what two proxies add.
+    Relays,
     Nginx,
     Ztunnels,
     /// Through the ztunnels restarted with the sockmap fast path on.
@@ -26,6 +30,7 @@ impl Path {
     fn label(self) -> &'static str {
         match self {
             Path::Direct => "direct",
+            Path::Relays => "two plain relays (floor)",
             Path::Nginx => "nginx proxy",
             Path::Ztunnels => "ztunnels",
             Path::Fastpath => "ztunnels+fastpath",
@@ -34,7 +39,7 @@ impl Path {
     }
     fn client(self) -> &'static str {
         match self {
-            Path::Direct | Path::Nginx => "cli-direct",
+            Path::Direct | Path::Relays | Path::Nginx => "cli-direct",
             Path::Ztunnels | Path::Fastpath | Path::Waypoint => "cli",
         }
     }
@@ -42,6 +47,7 @@ impl Path {
     fn base(self, b: &Bench, h2: bool) -> String {
         match self {
             Path::Direct => format!("http://{}:{PORT}", b.ip("srv-direct")),
+            Path::Relays => format!("http://127.0.0.1:{RELAY_PORT}"),
             Path::Nginx => format!(
                 "http://{}:{}",
                 b.ip("proxy"),
@@ -62,7 +68,7 @@ impl Path {
             b.preflight(self.client(), url)?;
         }
         match self {
-            Path::Direct | Path::Nginx => f(b),
+            Path::Direct | Path::Relays | Path::Nginx => f(b),
             Path::Ztunnels => b.through_mesh(f),
             Path::Fastpath => b.through_fastpath(f),
             Path::Waypoint => b.through_waypoint(f),
@@ -73,6 +79,34 @@ impl Path {
 const NGINX_H1: u16 = 8081;
 const NGINX_H2: u16 = 8082;
 const LATENCY_RATE: u32 = 1000;
+const RELAY_PORT: u16 = 8090;
+
+/// Starts the two plain relays of [`Path::Relays`]: in the client pod from its loopback to the
+/// server pod, and in the server pod from there to the server on its loopback.
+fn start_relays(b: &mut Bench) -> Result<()> {
+    let exe = super::probe::self_exe()?;
+    let srv = b.ip("srv-direct");
+    for (pod, listen, to) in [
+        (
+            "cli-direct",
+            format!("127.0.0.1:{RELAY_PORT}"),
+            format!("{srv}:{RELAY_PORT}"),
+        ),
+        (
+            "srv-direct",
+            format!("{srv}:{RELAY_PORT}"),
+            format!("127.0.0.1:{PORT}"),
+        ),
+    ] {
+        let argv: Vec<String> = [exe.as_str(), "relay", "--listen", &listen, "--to", &to]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        b.spawn(&format!("relay-{pod}"), pod, &argv)?;
+        b.wait_port(pod, RELAY_PORT)?;
+    }
+    Ok(())
+}
 
 pub fn latency(opts: &Opts, report: &mut Report) -> Result<()> {
     const S: &str = "http-latency";
@@ -80,13 +114,20 @@ pub fn latency(opts: &Opts, report: &mut Report) -> Result<()> {
         ztunnels: true,
         waypoint: true,
     })?;
+    let relays = start_relays(&mut b);
+    if let Err(e) = &relays {
+        report.note(format!("plain relays (latency floor) unavailable: {e:#}"));
+    }
     let secs = opts.secs(5) as u32;
     let n = (LATENCY_RATE * secs).to_string();
     let rate = LATENCY_RATE.to_string();
     // Fast path off (direct, ztunnels, waypoint), then the ztunnels restarted with it on
     // (direct again as that pass's baseline).
     for (fastpath, paths) in [
-        (false, &[Path::Direct, Path::Ztunnels, Path::Waypoint][..]),
+        (
+            false,
+            &[Path::Direct, Path::Relays, Path::Ztunnels, Path::Waypoint][..],
+        ),
         (true, &[Path::Direct, Path::Fastpath][..]),
     ] {
         if fastpath {

@@ -1,6 +1,7 @@
 //! Small clients the bench runs *inside* a pod (by re-executing itself there, so the pod's
 //! eBPF capture applies to their sockets): one that opens and holds many idle tunnelled
-//! connections, and one that times `connect()` and a first request.
+//! connections, one that times `connect()` and a first request, and a plain TCP relay (the
+//! floor of what any proxy on the path adds).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -102,6 +103,47 @@ pub fn connect_probe(addr: SocketAddr, n: usize) -> Result<()> {
         "request_us": { "p50": pct(&mut request_us, 0.5), "p99": pct(&mut request_us, 0.99) },
     });
     println!("{out}");
+    Ok(())
+}
+
+/// A plain TCP relay from `listen` to `to`: no TLS, no HTTP/2, no policy, a blocking thread per
+/// direction (each byte costs one wake of this process and nothing else). Two of them, one in
+/// the client's pod and one in the server's, have the same hops and process wakes as a request
+/// through two ztunnels: what they add is the floor of what two proxies can add here.
+pub fn relay(listen: SocketAddr, to: SocketAddr) -> Result<()> {
+    let l = std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    println!("relaying {listen} to {to}");
+    for c in l.incoming() {
+        let Ok(down) = c else { continue };
+        std::thread::spawn(move || {
+            let Ok(up) = TcpStream::connect(to) else {
+                return;
+            };
+            let (Ok(down2), Ok(up2)) = (down.try_clone(), up.try_clone()) else {
+                return;
+            };
+            for s in [&down, &up] {
+                let _ = s.set_nodelay(true);
+            }
+            let pipe = |mut from: TcpStream, mut into: TcpStream| {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match from.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if into.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = into.shutdown(std::net::Shutdown::Write);
+            };
+            let t = std::thread::spawn(move || pipe(up2, down2));
+            pipe(down, up);
+            let _ = t.join();
+        });
+    }
     Ok(())
 }
 

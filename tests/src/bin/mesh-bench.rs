@@ -4,7 +4,8 @@
 //! (default `target/bench/results.json`) and the same table as text (`results.md`).
 //!
 //! It also has internal subcommands it runs inside pods by re-executing itself:
-//! `hold`, `connect-probe` and `config-load` (see `bench/probe.rs` and `bench/config.rs`).
+//! `hold`, `connect-probe`, `relay` and `config-load` (see `bench/probe.rs` and
+//! `bench/config.rs`).
 
 #[path = "../bench/mod.rs"]
 mod bench;
@@ -50,6 +51,14 @@ struct HoldArgs {
 }
 
 #[derive(Parser)]
+struct RelayArgs {
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long)]
+    to: SocketAddr,
+}
+
+#[derive(Parser)]
 struct ProbeArgs {
     #[arg(long)]
     addr: SocketAddr,
@@ -74,6 +83,10 @@ fn main() -> Result<()> {
         Some("connect-probe") => {
             let a = ProbeArgs::parse_from(&args[1..]);
             return bench::probe::connect_probe(a.addr, a.n);
+        }
+        Some("relay") => {
+            let a = RelayArgs::parse_from(&args[1..]);
+            return bench::probe::relay(a.listen, a.to);
         }
         Some("config-load") => {
             let a = ConfigArgs::parse_from(&args[1..]);
