@@ -127,19 +127,17 @@ fn idle_connections(b: &mut Bench, report: &mut Report) -> Result<()> {
             .map(|p| tools::status_mb(*p, "VmRSS"))
             .collect::<Result<_>>()?;
         let exe = self_exe()?;
-        let argv: Vec<String> = [
+        let (addr, n) = (format!("{BENCH_VIP}:{PORT}"), IDLE_CONNS.to_string());
+        let argv = [
             exe.as_str(),
             "hold",
             "--addr",
-            &format!("{BENCH_VIP}:{PORT}"),
+            &addr,
             "-n",
-            &IDLE_CONNS.to_string(),
+            &n,
             "--secs",
             "120",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        ];
         let opened_before = b.tunnelled_connections();
         b.spawn("hold", "cli", &argv)?;
         let deadline = Instant::now() + Duration::from_secs(90);

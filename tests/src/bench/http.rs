@@ -98,10 +98,7 @@ fn start_relays(b: &mut Bench) -> Result<()> {
             format!("127.0.0.1:{PORT}"),
         ),
     ] {
-        let argv: Vec<String> = [exe.as_str(), "relay", "--listen", &listen, "--to", &to]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let argv = [exe.as_str(), "relay", "--listen", &listen, "--to", &to];
         b.spawn(&format!("relay-{pod}"), pod, &argv)?;
         b.wait_port(pod, RELAY_PORT)?;
     }
@@ -285,18 +282,12 @@ fn start_nginx(b: &mut Bench) -> Result<()> {
     conf.push_str("}\n");
     let conf_path = dir.join("nginx.conf");
     tools::write_file(&conf_path, &conf)?;
-    let argv: Vec<String> = [
-        "nginx",
-        "-p",
-        &d.to_string(),
-        "-e",
-        &format!("{d}/error.log"),
-        "-c",
-        &conf_path.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let (prefix, error_log, conf) = (
+        d.to_string(),
+        format!("{d}/error.log"),
+        conf_path.display().to_string(),
+    );
+    let argv = ["nginx", "-p", &prefix, "-e", &error_log, "-c", &conf];
     b.spawn("nginx", "proxy", &argv)?;
     b.wait_port("proxy", NGINX_H1)?;
     b.wait_port("proxy", NGINX_H2)?;

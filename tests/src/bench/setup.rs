@@ -281,13 +281,14 @@ impl Bench {
     }
 
     /// Starts a long-running program in a pod (netns and cgroup), killed with the bench.
-    pub fn spawn(&mut self, name: &str, pod: &str, argv: &[String]) -> Result<()> {
+    pub fn spawn(&mut self, name: &str, pod: &str, argv: &[&str]) -> Result<()> {
         let p = self.mesh.topo.pod(pod);
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         let proc = Proc::spawn(
             name,
             Some(&p.ns.name),
             Some(&p.cgroup.path),
-            argv,
+            &argv,
             &[],
             &self.mesh.log_dir,
         )?;

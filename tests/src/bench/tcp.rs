@@ -21,20 +21,22 @@ pub fn run(opts: &Opts, report: &mut Report) -> Result<()> {
         waypoint: false,
     })?;
     for srv in ["srv-direct", "srv", "srv-near-direct", "srv-near"] {
-        let argv: Vec<String> = ["iperf3", "-s", "-p", &IPERF_PORT.to_string()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        b.spawn(&format!("iperf3-{srv}"), srv, &argv)?;
+        let port = IPERF_PORT.to_string();
+        b.spawn(
+            &format!("iperf3-{srv}"),
+            srv,
+            &["iperf3", "-s", "-p", &port],
+        )?;
         b.wait_port(srv, IPERF_PORT)?;
     }
     // An iperf3 server on the client pod's loopback: the cost of one in-pod hop carried by
     // the kernel's TCP (see `record_floor`).
-    let argv: Vec<String> = ["iperf3", "-s", "-p", &LOOPBACK_PORT.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    b.spawn("iperf3-loopback", "cli-direct", &argv)?;
+    let port = LOOPBACK_PORT.to_string();
+    b.spawn(
+        "iperf3-loopback",
+        "cli-direct",
+        &["iperf3", "-s", "-p", &port],
+    )?;
     b.wait_port("cli-direct", LOOPBACK_PORT)?;
     let secs = opts.secs(5).to_string();
     // Two passes: ztunnels with the sockmap fast path off, then restarted with it on; each
@@ -58,21 +60,10 @@ pub fn run(opts: &Opts, report: &mut Report) -> Result<()> {
             ] {
                 println!("  run {}: {label}, {mesh_label}", run + 1);
                 let p = streams.to_string();
-                // Gbit/s, and the machine's CPU-seconds per GB moved (both iperf3 ends, the
-                // proxies and the kernel's softirq work together): the cost that bounds
-                // throughput on two cores, comparable across runs on a faster or slower host.
                 let iperf = |b: &Bench, client: &str, server: &str| -> Result<(f64, f64)> {
                     let ip = b.ip(server).to_string();
-                    let busy0 = tools::busy_seconds()?;
-                    let out = b.mesh.exec(
-                        client,
-                        &[
-                            "iperf3", "-c", &ip, "-p", "5201", "-t", &secs, "-P", &p, "-J",
-                        ],
-                    )?;
-                    let busy = tools::busy_seconds()? - busy0;
-                    let (gbits, bytes) = tools::iperf3_received(&out.stdout)?;
-                    Ok((gbits, busy / (bytes / 1e9)))
+                    let port = IPERF_PORT.to_string();
+                    iperf3_costed(b, client, &ip, &port, &secs, &p)
                 };
                 let (srv_direct, srv) = if near {
                     ("srv-near-direct", "srv-near")
@@ -136,6 +127,30 @@ pub fn run(opts: &Opts, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// One iperf3 client run from `client` to `ip:port` with `streams` streams: Gbit/s, and the
+/// machine's CPU-seconds per GB moved (both iperf3 ends, the proxies and the kernel's softirq
+/// work together): the cost that bounds throughput on two cores, comparable across runs on a
+/// faster or slower host.
+fn iperf3_costed(
+    b: &Bench,
+    client: &str,
+    ip: &str,
+    port: &str,
+    secs: &str,
+    streams: &str,
+) -> Result<(f64, f64)> {
+    let busy0 = tools::busy_seconds()?;
+    let out = b.mesh.exec(
+        client,
+        &[
+            "iperf3", "-c", ip, "-p", port, "-t", secs, "-P", streams, "-J",
+        ],
+    )?;
+    let busy = tools::busy_seconds()? - busy0;
+    let (gbits, bytes) = tools::iperf3_received(&out.stdout)?;
+    Ok((gbits, busy / (bytes / 1e9)))
+}
+
 /// The cost of the cross-node path's unavoidable parts, measured in the same run: one
 /// cross-node TCP hop (what direct costs), two in-pod hops on loopback TCP (application to
 /// ztunnel, ztunnel to application), and AES-GCM once each way at `openssl speed`'s rate.
@@ -146,17 +161,9 @@ pub fn run(opts: &Opts, report: &mut Report) -> Result<()> {
 fn record_floor(report: &mut Report, b: &Bench, secs: &str, direct: Option<&(f64, f64)>) {
     let aes = tools::aes_gcm_gbytes();
     const M: &str = "1 stream CPU per GB";
-    let loopback = (|| -> Result<f64> {
-        let busy0 = tools::busy_seconds()?;
-        let port = LOOPBACK_PORT.to_string();
-        let out = b.mesh.exec(
-            "cli-direct",
-            &["iperf3", "-c", "127.0.0.1", "-p", &port, "-t", secs, "-J"],
-        )?;
-        let busy = tools::busy_seconds()? - busy0;
-        let (_, bytes) = tools::iperf3_received(&out.stdout)?;
-        Ok(busy / (bytes / 1e9))
-    })();
+    let port = LOOPBACK_PORT.to_string();
+    let loopback =
+        iperf3_costed(b, "cli-direct", "127.0.0.1", &port, secs, "1").map(|(_, cost)| cost);
     let floor = match (&loopback, direct, &aes) {
         (Ok(l), Some((_, d)), Ok(a)) => Ok(d + 2.0 * l + 2.0 / a),
         (Err(e), _, _) | (_, _, Err(e)) => Err(anyhow::anyhow!("{e:#}")),
