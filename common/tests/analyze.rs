@@ -8,7 +8,7 @@ use common::analyze::{analyze_dir, run_cli, Report};
 use common::Severity;
 
 fn fixtures() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/istio");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/istio");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

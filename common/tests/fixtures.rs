@@ -7,7 +7,7 @@ use common::load::{load_dir, load_str};
 use common::Severity;
 
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/istio")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/istio")
 }
 
 #[test]

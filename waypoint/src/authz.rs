@@ -424,7 +424,11 @@ mod tests {
     fn fixture_reviews_policy() {
         let mut snap = MeshSnapshot::default();
         snap.add_yaml(
-            &std::fs::read_to_string("/work/shared/fixtures/istio/authz-reviews.yaml").unwrap(),
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/fixtures/istio/authz-reviews.yaml"
+            ))
+            .unwrap(),
             Path::new("authz-reviews.yaml"),
         )
         .unwrap();

@@ -208,7 +208,9 @@ mod tests {
         // Each file loads on its own (together they define some resources twice, which the
         // loader rightly rejects).
         let (mut vs, mut dr, mut ap) = (0, 0, 0);
-        for path in yaml_files(Path::new("/work/shared/fixtures/istio")) {
+        for path in
+            yaml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/istio"))
+        {
             let mut s = MeshSnapshot::default();
             s.add_yaml(&std::fs::read_to_string(&path).unwrap(), &path)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

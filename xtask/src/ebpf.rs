@@ -2,7 +2,7 @@
 //!
 //! The kernel programs (`ebpf/programs`, a workspace of their own) need a compiler that can
 //! build `core` for `bpfel-unknown-none` and a `bpf-linker` built against the same LLVM major
-//! version. Two measured routes exist (see ../shared/EBPF-TOOLCHAIN.md):
+//! version. Two measured routes exist (measured on this machine kind):
 //! - route 2 (tried first, faster): rustup's nightly + `rust-src`, `bpf-linker@0.10.3`, which
 //!   loads the toolchain's own LLVM at run time. Depends on rustup's download server, so every
 //!   download step has a short timeout.
@@ -137,7 +137,7 @@ pub fn build(release: bool) -> Result<PathBuf> {
         }
     }
     bail!(
-        "could not build the eBPF programs:\n  {}\nsee ../shared/EBPF-TOOLCHAIN.md",
+        "could not build the eBPF programs:\n  {}\nsee xtask/src/ebpf.rs",
         failures.join("\n  ")
     )
 }

@@ -139,7 +139,8 @@ pub fn snapshot(yaml: &[&str]) -> MeshSnapshot {
 }
 
 pub fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("/work/shared/fixtures/istio/{name}")).unwrap()
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/istio");
+    std::fs::read_to_string(dir.join(name)).unwrap()
 }
 
 pub fn test_config() -> WaypointConfig {

@@ -1,10 +1,10 @@
-//! Policy evaluation tables, including the fixtures in /work/shared/fixtures/istio.
+//! Policy evaluation tables, including the fixtures in tests/fixtures/istio.
 
 use super::*;
 use common::resource::Resource;
 use serde::Deserialize;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/istio");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/istio");
 
 fn parse(yaml: &str) -> (Vec<Authorization>, Vec<PeerAuth>) {
     let mut authz = vec![];

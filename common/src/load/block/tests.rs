@@ -77,7 +77,7 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 fn fixtures_and_deploy_files_decode_as_with_serde_yaml() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for dir in [
-        root.join("../../shared/fixtures/istio"),
+        root.join("../tests/fixtures/istio"),
         root.join("../deploy/local"),
         root.join("tests/data/cluster"),
     ] {
