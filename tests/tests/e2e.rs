@@ -211,3 +211,39 @@ fn inbound_plaintext_strict_refused_permissive_counted() {
         "plaintext connection not counted as `none`:\n{m}"
     );
 }
+
+/// A DENY on a path at the waypoint cannot be bypassed with dot segments or encoded dots: the
+/// waypoint normalises the path (Istio's default) before authorization, as a real client
+/// (`curl --path-as-is`) sends it raw.
+#[test]
+fn waypoint_path_deny_not_bypassed_by_dot_segments() {
+    let mesh = demo_mesh();
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: reviews-no-admin\n  namespace: default\nspec:\n  targetRefs:\n  - kind: Service\n    group: \"\"\n    name: reviews\n  action: DENY\n  rules:\n  - to:\n    - operation:\n        paths: [\"/admin*\"]\n";
+    mesh.write_config("61-authz-admin.yaml", deny).unwrap();
+    let base = REVIEWS_URL.trim_end_matches("/reviews");
+    let code = |path: &str| {
+        mesh.curl(CLIENT, &format!("{base}{path}"), &["--path-as-is"])
+            .map(|(c, _)| c)
+            .unwrap_or(0)
+    };
+    let mut applied = false;
+    for _ in 0..50 {
+        if code("/admin") == 403 {
+            applied = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(applied, "the DENY on /admin* never took effect");
+    for path in [
+        "/x/../admin",
+        "/./admin",
+        "/reviews/../admin/x",
+        "/%2e%2e/admin",
+        "/x/%2E%2e/admin",
+        "/x/.%2e/admin",
+    ] {
+        assert_eq!(code(path), 403, "{path} bypassed the DENY on /admin*");
+    }
+    assert_eq!(code("/reviews"), 200, "the DENY must not catch other paths");
+}
