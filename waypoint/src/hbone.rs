@@ -1,4 +1,4 @@
-//! HBONE on both sides of the waypoint, as adapters over `ztunnel::hbone`:
+//! HBONE on both sides of the waypoint, as adapters over `transport::hbone`:
 //!
 //! - [`HboneAcceptor`]: listens on 15008, terminates mesh mTLS (client certificate required,
 //!   identity taken from it — never from a header), admits each HTTP/2 `CONNECT` and yields the
@@ -7,7 +7,8 @@
 //!   original destination, so routing and L7 policy see what Istio's waypoint sees.
 //! - [`HboneConnector`]: opens a tunnel to the chosen endpoint: mTLS to `<pod IP>:15008`
 //!   verifying the endpoint's SPIFFE identity, `CONNECT <pod IP>:<target port>`, pooled per
-//!   (waypoint identity, endpoint identity, node address) by ztunnel's HBONE pool.
+//!   (waypoint identity, endpoint identity, node address) by the shared HBONE pool
+//!   (`transport::pool`).
 //!
 //! The request path is unchanged: these implement the same `Acceptor` / `Connector` traits as
 //! plain TCP.
@@ -24,10 +25,10 @@ use http::{HeaderMap, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use ztunnel::hbone::server::{Admission, ConnectRequest};
-use ztunnel::hbone::{self as zhbone, H2Client, HboneError};
-use ztunnel::identity::CertManager;
-use ztunnel::proxy::pool::{Pool, PoolKey, PooledTunnel};
+use transport::hbone::server::{Admission, ConnectRequest};
+use transport::hbone::{self as zhbone, H2Client, HboneError};
+use transport::identity::CertManager;
+use transport::pool::{Pool, PoolKey, PooledTunnel};
 
 use crate::listener::Acceptor;
 use crate::proxy::ConnInfo;
@@ -114,13 +115,16 @@ impl Connector for HboneConnector {
                     .certs
                     .fetch(&self.identity)
                     .map_err(|e| HboneError::BadRequest(e.to_string()))?;
-                let cfg =
-                    ztunnel::tls::client_config(cert, self.certs.roots(), vec![t.identity.clone()])
-                        .map_err(|e| HboneError::BadRequest(e.to_string()))?;
+                let cfg = transport::tls::client_config(
+                    cert,
+                    self.certs.roots(),
+                    vec![t.identity.clone()],
+                )
+                .map_err(|e| HboneError::BadRequest(e.to_string()))?;
                 let tcp = tokio::net::TcpStream::connect(node).await?;
                 let _ = tcp.set_nodelay(true);
                 let tls = tokio_rustls::TlsConnector::from(cfg)
-                    .connect(ztunnel::tls::dummy_server_name(), tcp)
+                    .connect(transport::tls::dummy_server_name(), tcp)
                     .await?;
                 H2Client::handshake(tls).await
             };
@@ -156,7 +160,7 @@ impl HboneAcceptor {
     ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let cert = certs.fetch(&identity).map_err(io_err)?;
-        let cfg = ztunnel::tls::server_config(cert, certs.roots(), certs.trust_domain())
+        let cfg = transport::tls::server_config(cert, certs.roots(), certs.trust_domain())
             .map_err(io_err)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
         let (tx, rx) = mpsc::channel(1024);
@@ -176,7 +180,7 @@ impl HboneAcceptor {
                             Ok(Ok(t)) => t,
                             _ => return,
                         };
-                    let peer_identity = ztunnel::tls::peer_identity(tls.get_ref().1);
+                    let peer_identity = transport::tls::peer_identity(tls.get_ref().1);
                     let handler = move |req: ConnectRequest| {
                         let tx = tx.clone();
                         let peer_identity = peer_identity.clone();

@@ -79,9 +79,9 @@ async fn main() -> anyhow::Result<()> {
     let identity = common::Identity::new(&cfg.trust_domain, &args.namespace, &args.name);
     let hbone = match &args.ca_dir {
         Some(dir) => {
-            let ca = ztunnel::identity::CaDir::load_or_generate(dir, &cfg.trust_domain)
+            let ca = transport::identity::CaDir::load_or_generate(dir, &cfg.trust_domain)
                 .with_context(|| format!("loading mesh CA from {}", dir.display()))?;
-            Some(ztunnel::identity::CertManager::new(
+            Some(transport::identity::CertManager::new(
                 Arc::new(ca),
                 Duration::from_secs(24 * 3600),
             ))

@@ -16,11 +16,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
+use transport::hbone::server::{Admission, ConnectRequest};
+use transport::hbone::H2Client;
+use transport::identity::{CaDir, CertManager};
 use waypoint::hbone::{HboneAcceptor, HboneConnector};
 use waypoint::Waypoint;
-use ztunnel::hbone::server::{Admission, ConnectRequest};
-use ztunnel::hbone::H2Client;
-use ztunnel::identity::{CaDir, CertManager};
 
 const NODE_PORT: u16 = 15998;
 
@@ -37,7 +37,7 @@ async fn fake_ztunnel(
 ) {
     let l = TcpListener::bind(addr).await.unwrap();
     let cert = certs.fetch(&pod).unwrap();
-    let cfg = ztunnel::tls::server_config(cert, certs.roots(), "cluster.local").unwrap();
+    let cfg = transport::tls::server_config(cert, certs.roots(), "cluster.local").unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     tokio::spawn(async move {
         loop {
@@ -46,7 +46,7 @@ async fn fake_ztunnel(
             let waypoint = waypoint.clone();
             tokio::spawn(async move {
                 let tls = acceptor.accept(tcp).await.unwrap();
-                let peer = ztunnel::tls::peer_identity(tls.get_ref().1);
+                let peer = transport::tls::peer_identity(tls.get_ref().1);
                 assert_eq!(
                     peer.as_ref(),
                     Some(&waypoint),
@@ -63,7 +63,7 @@ async fn fake_ztunnel(
                         }),
                     }
                 };
-                let _ = ztunnel::hbone::server::serve(tls, handler, std::future::pending()).await;
+                let _ = transport::hbone::server::serve(tls, handler, std::future::pending()).await;
             });
         }
     });
@@ -76,10 +76,10 @@ async fn tunnel_get(
     waypoint: &Identity,
 ) -> (u16, String) {
     let cert = certs.fetch(client).unwrap();
-    let cfg = ztunnel::tls::client_config(cert, certs.roots(), vec![waypoint.clone()]).unwrap();
+    let cfg = transport::tls::client_config(cert, certs.roots(), vec![waypoint.clone()]).unwrap();
     let tcp = TcpStream::connect(wp).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(ztunnel::tls::dummy_server_name(), tcp)
+        .connect(transport::tls::dummy_server_name(), tcp)
         .await
         .unwrap();
     let h2 = H2Client::handshake(tls).await.unwrap();

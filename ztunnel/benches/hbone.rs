@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use ztunnel::hbone::{server, Admission, ConnectRequest, H2Client, Tunnel};
-use ztunnel::identity::{CaDir, Identity, IdentityCert};
+use transport::hbone::{server, Admission, ConnectRequest, H2Client, Tunnel};
+use transport::identity::{CaDir, Identity, IdentityCert};
+use transport::tls;
 use ztunnel::proxy::copy::copy_bidirectional;
-use ztunnel::tls;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)

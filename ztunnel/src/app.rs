@@ -6,9 +6,8 @@
 
 use crate::admin::{self, text, LogControl};
 use crate::config::Config;
-use crate::identity::{CaDir, CertManager};
 use crate::metrics::Metrics;
-use crate::proxy::{pool::Pool, OrigDstSource, PodProxy, ProxyInputs};
+use crate::proxy::{OrigDstSource, PodProxy, ProxyInputs};
 use crate::state::{ProxyState, StateHandle, Workload};
 use common::resource::Resource;
 use http::StatusCode;
@@ -20,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use transport::identity::{CaDir, CertManager};
+use transport::pool::Pool;
 
 /// Errors starting ztunnel.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +28,7 @@ pub enum AppError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Identity(#[from] crate::identity::IdentityError),
+    Identity(#[from] transport::identity::IdentityError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error(transparent)]

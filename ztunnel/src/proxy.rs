@@ -1,5 +1,5 @@
 //! The data path: per-pod listeners (outbound 15001, inbound HBONE 15008, inbound plaintext
-//! 15006), the HBONE connection pool and the byte copier.
+//! 15006) and the byte copier; HBONE connections are pooled by `transport::pool`.
 //!
 //! Shared dependencies travel in one [`ProxyInputs`]. Each enrolled pod gets a [`PodProxy`]
 //! whose listeners are created in the pod's network namespace; dropping it closes them.
@@ -8,10 +8,8 @@ pub mod copy;
 pub mod inbound;
 pub mod inbound_passthrough;
 pub mod outbound;
-pub mod pool;
 
 use crate::config::{CaptureMode, Config};
-use crate::identity::{CertManager, IdentityCert};
 use crate::inpod::SocketFactory;
 use crate::metrics::{Metrics, TcpLabels};
 use crate::state::{Service, StateHandle, Workload};
@@ -24,6 +22,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use transport::identity::{CertManager, IdentityCert};
+use transport::pool::Pool;
 
 /// Errors starting pod listeners or proxying.
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +42,9 @@ pub enum ProxyError {
         source: crate::inpod::InpodError,
     },
     #[error("identity: {0}")]
-    Identity(#[from] crate::identity::IdentityError),
+    Identity(#[from] transport::identity::IdentityError),
     #[error("TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] transport::tls::TlsError),
 }
 
 /// Source of original destinations: the eBPF map in production, a table in tests.
@@ -129,7 +129,7 @@ pub struct ProxyInputs {
     pub state: StateHandle,
     pub certs: Arc<CertManager>,
     pub metrics: Arc<Metrics>,
-    pub pool: pool::Pool,
+    pub pool: Pool,
     pub orig_dst: Arc<dyn OrigDstSource>,
     /// Cancelled on drain: listeners stop, HBONE servers send GOAWAY.
     pub drain: CancellationToken,
@@ -218,7 +218,7 @@ impl PodProxy {
             sockets,
             cert,
         });
-        let tls = crate::tls::server_config(
+        let tls = transport::tls::server_config(
             ctx.cert.clone(),
             inputs.certs.roots(),
             inputs.certs.trust_domain(),

@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use ztunnel::hbone::{H2Client, HboneError};
-use ztunnel::identity::{CaDir, Identity, IdentityCert};
-use ztunnel::tls;
+use transport::hbone::{H2Client, HboneError};
+use transport::identity::{CaDir, Identity, IdentityCert};
+use transport::tls;
 
 fn client_id() -> Identity {
     Identity::new("cluster.local", "demo", "client-sa")
@@ -133,7 +133,7 @@ async fn hbone_client(mesh: &Mesh, ca: &CaDir) -> H2Client {
     H2Client::handshake(s).await.unwrap()
 }
 
-fn status_of(r: Result<(ztunnel::hbone::Tunnel, HeaderMap), HboneError>) -> StatusCode {
+fn status_of(r: Result<(transport::hbone::Tunnel, HeaderMap), HboneError>) -> StatusCode {
     match r {
         Ok(_) => StatusCode::OK,
         Err(HboneError::Status(s)) => s,

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use ztunnel::hbone::{server, Admission, ConnectRequest, H2Client, HboneError, Tunnel};
-use ztunnel::identity::{CaDir, Identity, IdentityCert};
-use ztunnel::tls;
+use transport::hbone::{server, Admission, ConnectRequest, H2Client, HboneError, Tunnel};
+use transport::identity::{CaDir, Identity, IdentityCert};
+use transport::tls;
 
 fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "demo", sa)

@@ -14,7 +14,6 @@
 //! Memory stays bounded: towards a tunnel h2's send capacity bounds what is queued (the read
 //! stops while the write waits), from a tunnel at most one DATA frame is held.
 
-use crate::hbone::Tunnel;
 use crate::redirect::FlowMeter;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +22,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use transport::hbone::Tunnel;
+use transport::pool::PooledTunnel;
 
 const SIZES: [usize; 3] = [1024, 16 * 1024, 256 * 1024];
 /// Consecutive full reads before promoting the buffer.
@@ -47,6 +48,11 @@ impl Endpoint for tokio::io::DuplexStream {}
 impl Endpoint for Tunnel {
     fn as_tunnel(&mut self) -> Option<&mut Tunnel> {
         Some(self)
+    }
+}
+impl Endpoint for PooledTunnel {
+    fn as_tunnel(&mut self) -> Option<&mut Tunnel> {
+        Some(&mut self.tunnel)
     }
 }
 
@@ -414,7 +420,7 @@ mod tests {
     /// each way through an echoing application, in order, with half-close at the end.
     #[tokio::test]
     async fn copies_through_tunnel_without_staging() {
-        use crate::hbone::{server, Admission, ConnectRequest, H2Client};
+        use transport::hbone::{server, Admission, ConnectRequest, H2Client};
         let (a, b) = tokio::io::duplex(256 * 1024);
         tokio::spawn(server::serve(
             b,

@@ -28,8 +28,6 @@
 //! for an authority that is not this pod.
 
 use super::{accept_loop, tcp_labels, PodCtx, ProxyInputs};
-use crate::hbone::{parse_forwarded_for, server, Admission, Baggage, ConnectRequest, Tunnel};
-use crate::identity::Identity;
 use crate::metrics::TcpLabels;
 use crate::state::policy::{authorize, ConnInfo, Decision};
 use crate::state::{target_port, ProxyState, Service, Workload};
@@ -38,6 +36,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
+use transport::hbone::{parse_forwarded_for, server, Admission, Baggage, ConnectRequest, Tunnel};
+use transport::identity::Identity;
 
 /// Why a connection was not admitted.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +96,7 @@ async fn serve_conn(
     peer: SocketAddr,
 ) {
     // Bounded handshake: half-open or silent peers cannot hold a task forever.
-    let tcp = crate::hbone::io::ReadBuffered::new(tcp, crate::hbone::TLS_READ_BUFFER);
+    let tcp = transport::hbone::io::ReadBuffered::new(tcp, transport::hbone::TLS_READ_BUFFER);
     let mut tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
@@ -110,8 +110,8 @@ async fn serve_conn(
             return;
         }
     };
-    crate::tls::tune(tls.get_mut().1);
-    let src_identity = crate::tls::peer_identity(tls.get_ref().1);
+    transport::tls::tune(tls.get_mut().1);
+    let src_identity = transport::tls::peer_identity(tls.get_ref().1);
     let drain = inputs.drain.clone();
     let handler = {
         let inputs = inputs.clone();

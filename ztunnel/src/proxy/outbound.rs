@@ -11,10 +11,7 @@
 //! A source whose identity is the waypoint's own is not handed off (no loop).
 
 use super::inbound::deliver_local;
-use super::pool::PoolKey;
 use super::{accept_loop, tcp_labels, PodCtx, ProxyInputs};
-use crate::hbone::{forwarded_header, new_traceparent, H2Client, HboneError};
-use crate::identity::Identity;
 use crate::state::{Service, Upstream, Waypoint, Workload};
 use http::{HeaderMap, HeaderValue};
 use std::net::SocketAddr;
@@ -22,6 +19,9 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
+use transport::hbone::{forwarded_header, new_traceparent, H2Client, HboneError};
+use transport::identity::Identity;
+use transport::pool::PoolKey;
 
 /// Accepts a pod's outbound connections.
 pub async fn run(inputs: ProxyInputs, ctx: Arc<PodCtx>, listener: Arc<TcpListener>) {
@@ -208,16 +208,16 @@ async fn dial(
     inputs: &ProxyInputs,
     ctx: &PodCtx,
     addr: SocketAddr,
-    expected: crate::identity::Identity,
+    expected: transport::identity::Identity,
 ) -> Result<H2Client, HboneError> {
     let tcp = ctx.sockets.connect(addr).await?;
-    let tcp = crate::hbone::io::ReadBuffered::new(tcp, crate::hbone::TLS_READ_BUFFER);
-    let cfg = crate::tls::client_config(ctx.cert.clone(), inputs.certs.roots(), vec![expected])
+    let tcp = transport::hbone::io::ReadBuffered::new(tcp, transport::hbone::TLS_READ_BUFFER);
+    let cfg = transport::tls::client_config(ctx.cert.clone(), inputs.certs.roots(), vec![expected])
         .map_err(|e| HboneError::Io(std::io::Error::other(e)))?;
     let mut tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(crate::tls::dummy_server_name(), tcp)
+        .connect(transport::tls::dummy_server_name(), tcp)
         .await?;
-    crate::tls::tune(tls.get_mut().1);
+    transport::tls::tune(tls.get_mut().1);
     H2Client::handshake(tls).await
 }
 

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use transport::identity::CaDir;
 use ztunnel::app::{StartOptions, Ztunnel};
 use ztunnel::config::Config;
-use ztunnel::identity::CaDir;
 use ztunnel::proxy::OrigDstTable;
 
 /// A distinct 127.N.0.0/16 block per test so tests in one process never collide.

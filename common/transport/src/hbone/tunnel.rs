@@ -97,13 +97,13 @@ impl Tunnel {
     }
 }
 
-/// Zero-copy paths used by the proxy's copy loop (`proxy::copy`): the generic
-/// `AsyncRead`/`AsyncWrite` impls below stay for other callers (waypoint, tests).
+/// Zero-copy paths used by ztunnel's copy loop: the generic `AsyncRead`/`AsyncWrite` impls
+/// below stay for other callers (waypoint, tests).
 impl Tunnel {
     /// Sends a prefix of `buf` as one DATA frame without copying it: as many bytes as there is
     /// send capacity for are split off the front of `buf` and handed to h2. Returns how many
     /// were taken (> 0), or waits for capacity, so backpressure is the same as `poll_write`.
-    pub(crate) fn poll_send_buf(
+    pub fn poll_send_buf(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
@@ -135,10 +135,7 @@ impl Tunnel {
 
     /// The next received chunk as h2 delivered it (no copy), or `None` at END_STREAM. Its
     /// flow-control window is released as it is taken, like `poll_read` does.
-    pub(crate) fn poll_recv_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<Option<Bytes>>> {
+    pub fn poll_recv_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         if !self.pending.is_empty() {
             return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
         }

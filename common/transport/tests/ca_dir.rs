@@ -1,12 +1,12 @@
-//! Plugged-in CA directories made by openssl (RSA PKCS#8, RSA PKCS#1, ECDSA): ztunnel loads
+//! Plugged-in CA directories made by openssl (RSA PKCS#8, RSA PKCS#1, ECDSA): the mesh CA loads
 //! them, issues leaves, and two peers complete mTLS with them.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ztunnel::identity::{CaDir, Identity, IdentityCert};
-use ztunnel::tls;
+use transport::identity::{CaDir, Identity, IdentityCert};
+use transport::tls;
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")

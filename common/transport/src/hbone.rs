@@ -1,8 +1,8 @@
 //! HBONE: TCP tunnelled in HTTP/2 `CONNECT` over mesh mTLS, wire-compatible with Istio.
 //!
 //! [`client`] opens HTTP/2 connections and tunnels over them; [`server`] accepts them and hands
-//! each `CONNECT` to a caller-supplied handler that admits or refuses it. Both are independent
-//! of the rest of ztunnel (the waypoint uses them too). Header helpers for `forwarded`,
+//! each `CONNECT` to a caller-supplied handler that admits or refuses it; what to admit and where
+//! to send the bytes is the caller's (ztunnel or the waypoint). Header helpers for `forwarded`,
 //! `baggage` and `traceparent` live here.
 
 pub mod client;

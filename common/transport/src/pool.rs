@@ -241,12 +241,6 @@ impl AsyncWrite for PooledTunnel {
     }
 }
 
-impl super::copy::Endpoint for PooledTunnel {
-    fn as_tunnel(&mut self) -> Option<&mut Tunnel> {
-        Some(&mut self.tunnel)
-    }
-}
-
 #[cfg(test)]
 #[path = "pool_tests.rs"]
 mod tests;

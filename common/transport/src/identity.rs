@@ -1,7 +1,7 @@
 //! Workload identity: SPIFFE names, the mesh CA and the per-identity certificate manager.
 //!
-//! This module is usable on its own (the waypoint uses it): build a [`CaDir`] from a directory,
-//! wrap it in a [`CertManager`] and ask it for an [`IdentityCert`] per SPIFFE identity.
+//! Build a [`CaDir`] from a directory, wrap it in a [`CertManager`] and ask it for an
+//! [`IdentityCert`] per SPIFFE identity.
 
 mod ca;
 mod manager;
