@@ -3,6 +3,7 @@
 //! Kubernetes API later). Nothing downstream knows where an object came from.
 
 pub mod analyze;
+pub mod authz;
 pub mod diagnostic;
 pub mod duration;
 pub mod identity;

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::authz::scope::{attached_to_waypoint, WaypointTarget, WAYPOINT_GATEWAY_CLASS};
 use crate::identity::{Identity, DEFAULT_TRUST_DOMAIN};
 use crate::istio::security::MtlsMode;
 use crate::k8s::Labels;
@@ -480,6 +481,52 @@ impl Model {
             .into_iter()
             .flatten()
             .map(|i| &self.authorization_policies[*i as usize])
+    }
+
+    /// AuthorizationPolicies the waypoint `waypoint_namespace/waypoint_name` enforces for
+    /// traffic to `service` (`None`: traffic not addressed to a service): those attached by
+    /// `targetRef(s)` to its Gateway, to that Service, or to the waypoint GatewayClass, in load
+    /// order. Selector and namespace-wide policies never apply at a waypoint (see
+    /// [`crate::authz::scope`]). The caller passes a service this waypoint serves.
+    pub fn authorization_policies_for_waypoint<'a>(
+        &'a self,
+        waypoint_namespace: &str,
+        waypoint_name: &str,
+        service: Option<&Service>,
+    ) -> Vec<&'a AuthorizationPolicy> {
+        let target = WaypointTarget {
+            namespace: waypoint_namespace,
+            name: waypoint_name,
+            service: service.map(|s| (s.namespace.as_str(), s.name.as_str())),
+            root_namespace: &self.root_namespace,
+        };
+        let mut keys = vec![
+            ("Gateway", waypoint_namespace, waypoint_name),
+            (
+                "GatewayClass",
+                self.root_namespace.as_str(),
+                WAYPOINT_GATEWAY_CLASS,
+            ),
+        ];
+        if let Some(s) = service {
+            keys.push(("Service", s.namespace.as_str(), s.name.as_str()));
+        }
+        let mut found: Vec<u32> = keys
+            .into_iter()
+            .filter_map(|(kind, ns, name)| {
+                self.authz_by_target
+                    .get(&(kind.to_string(), ns.to_string(), name.to_string()))
+            })
+            .flatten()
+            .copied()
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+            .into_iter()
+            .map(|i| &self.authorization_policies[i as usize])
+            .filter(|p| attached_to_waypoint(p, &target))
+            .collect()
     }
 
     pub fn virtual_services(&self) -> &[VirtualService] {

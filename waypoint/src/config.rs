@@ -55,6 +55,8 @@ pub struct WaypointConfig {
     pub max_replay_body: u64,
     /// Print an access-log line per request to stdout.
     pub access_log: bool,
+    /// Istio's `meshConfig.pathNormalization` (default `BASE`).
+    pub path_normalization: common::authz::PathNormalization,
 }
 
 impl Default for WaypointConfig {
@@ -69,6 +71,7 @@ impl Default for WaypointConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_replay_body: DEFAULT_MAX_REPLAY_BODY,
             access_log: true,
+            path_normalization: Default::default(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The L7 request path, as phases (pingora style):
 //!
-//! 1. **request filter** — find the virtual host by authority (404 `NR`), enforce
-//!    AuthorizationPolicy (403), select the first matching route (404 `NR`);
+//! 1. **request filter** — normalise the path (`meshConfig.pathNormalization`, 400 when it
+//!    cannot be), find the virtual host by authority (404 `NR`), enforce AuthorizationPolicy
+//!    (403), select the first matching route (404 `NR`);
 //! 2. **local actions** — redirect / direct response; fault injection (delay `DI`, abort `FI`);
 //! 3. **upstream** — weighted cluster choice, header rules, rewrite, optional mirror, then the
 //!    attempt loop: circuit breaker (503 `UO`), balancer with outlier ejection (503 `UH`),
@@ -13,6 +14,7 @@
 //! Config is read once per request from an `ArcSwap` (one atomic load); the request keeps that
 //! generation alive to its end, so a reload never disturbs in-flight requests.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -20,10 +22,11 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use common::authz::PathNormalization;
 use common::Identity;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -123,6 +126,22 @@ fn local(status: StatusCode, body: &'static str) -> Response<RespBody> {
     r
 }
 
+/// `uri` with its path normalised per `mode`; `None` when unchanged. `*` (as in `OPTIONS *`)
+/// and authority-form targets have no path to normalise.
+fn normalize_uri(uri: &Uri, mode: PathNormalization) -> Result<Option<Uri>, String> {
+    let Some(pq) = uri.path_and_query().filter(|pq| pq.path() != "*") else {
+        return Ok(None);
+    };
+    match mode.apply(pq.as_str()).map_err(|e| e.to_string())? {
+        Cow::Borrowed(_) => Ok(None),
+        Cow::Owned(normalised) => {
+            let mut p = uri.clone().into_parts();
+            p.path_and_query = Some(normalised.parse().map_err(|e| format!("{e}"))?);
+            Uri::from_parts(p).map(Some).map_err(|e| e.to_string())
+        }
+    }
+}
+
 /// Handles one request end to end. Never fails: errors become local replies.
 pub async fn handle(
     inputs: Arc<ProxyInputs>,
@@ -130,7 +149,19 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<RespBody> {
     let tables = inputs.tables.load_full();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // The normalised path is what authorization and routing see and what goes upstream.
+    let bad_path = match normalize_uri(&parts.uri, inputs.config.path_normalization) {
+        Ok(Some(uri)) => {
+            parts.uri = uri;
+            false
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::debug!(uri = %parts.uri, error = %e, "path normalization failed");
+            true
+        }
+    };
     let authority = parts
         .uri
         .authority()
@@ -226,6 +257,10 @@ pub async fn handle(
     let rec = &mut inflight.0.as_mut().expect("set above").record;
     let dst_port = conn.original_dst.map_or(conn.local.port(), |a| a.port());
     let mut resp = match tables.find_vhost(&authority, Some(dst_port)) {
+        _ if bad_path => {
+            rec.details = "path_normalization_failed";
+            local(StatusCode::BAD_REQUEST, "bad request")
+        }
         None => {
             rec.flags.push("NR");
             rec.details = "route_not_found";
@@ -236,17 +271,7 @@ pub async fn handle(
             rec.labels.destination_service = vh.service.fqdn.clone();
             rec.labels.destination_service_name = vh.service.name.clone();
             rec.labels.destination_service_namespace = vh.service.namespace.clone();
-            virtual_host(
-                &inputs,
-                &conn,
-                &vh,
-                source.as_deref(),
-                principal.as_deref(),
-                parts,
-                body,
-                rec,
-            )
-            .await
+            virtual_host(&inputs, &conn, &vh, source.as_deref(), parts, body, rec).await
         }
     };
     rec.status = resp.status().as_u16();
@@ -281,7 +306,6 @@ async fn virtual_host(
     conn: &Arc<ConnInfo>,
     vh: &Arc<VirtualHost>,
     source: Option<&WorkloadInfo>,
-    principal: Option<&str>,
     parts: Parts,
     body: Incoming,
     rec: &mut RequestRecord,
@@ -295,14 +319,13 @@ async fn virtual_host(
             host: &rec.authority,
             port: vh.port,
             headers: &parts.headers,
-            source_ip: Some(conn.peer.ip()),
-            principal,
-            namespace: principal
-                .and_then(|p| p.split("/ns/").nth(1))
-                .and_then(|r| r.split('/').next()),
-            destination_ip: conn.original_dst.map(|a| a.ip()).or(Some(conn.local.ip())),
+            source_ip: conn.peer.ip(),
+            remote_ip: conn.peer.ip(),
+            source: conn.peer_identity.as_ref(),
+            destination_ip: conn.original_dst.map_or(conn.local.ip(), |a| a.ip()),
         };
-        if let Decision::Deny(_) = vh.authz.evaluate(&input) {
+        if let Decision::Deny(reason) = vh.authz.evaluate(&input) {
+            tracing::debug!(vhost = %vh.name, %reason, "request denied");
             rec.details = "rbac_access_denied_matched_policy";
             return local(StatusCode::FORBIDDEN, "RBAC: access denied");
         }

@@ -183,7 +183,7 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn authorization_deny_all_then_allow() {
+async fn authorization_attached_to_the_service() {
     let _b = backend("127.0.13.1:8080", "reviews-v1", always(Behavior::Ok)).await;
     let svc = service_yaml(
         "default",
@@ -192,11 +192,41 @@ async fn authorization_deny_all_then_allow() {
         8080,
         &[("reviews-v1-x", "127.0.13.1", "v1")],
     );
-    // The client (127.0.0.1) is a pod with the productpage identity.
+    // The client (127.0.0.1) is a pod with the productpage identity, but on the plaintext
+    // listener it proves none.
     let pp = "apiVersion: v1\nkind: Pod\nmetadata: {name: productpage-v1-x, namespace: default, labels: {app: productpage}}\nspec: {serviceAccountName: bookinfo-productpage}\nstatus: {phase: Running, podIP: 127.0.0.1}\n";
+    // Selector and namespace-wide policies are ztunnel's: Istio never applies them at a
+    // waypoint, so the bookinfo fixture changes nothing here.
     let snap = snapshot(&[&svc, pp, &fixture("authz-reviews.yaml")]);
     let (wp, addr) = waypoint(&snap).await;
     let c = client();
+    assert_eq!(
+        get(&c, addr, "reviews:9080", "/ratings/1", &[])
+            .await
+            .status,
+        200
+    );
+
+    let attached = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-viewer, namespace: default}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  rules:
+  - from: [{source: {ipBlocks: ["127.0.0.1/32"]}}]
+    to: [{operation: {methods: ["GET"], paths: ["/reviews/*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: principal-only, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/bookinfo-productpage"]}}]
+    to: [{operation: {paths: ["/principal/*"]}}]
+"#;
+    wp.update(&snapshot(&[&svc, pp, attached]));
     assert_eq!(
         get(&c, addr, "reviews:9080", "/reviews/1", &[])
             .await
@@ -205,8 +235,35 @@ async fn authorization_deny_all_then_allow() {
     );
     let g = get(&c, addr, "reviews:9080", "/ratings/1", &[]).await;
     assert_eq!((g.status, g.body.as_str()), (403, "RBAC: access denied"));
-    // Deny-all alone.
-    let deny_all = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: default}\nspec: {}\n";
+    // The path is normalised before authorization: `..` cannot climb out of `/reviews/`.
+    for path in ["/reviews/../ratings/1", "/reviews/%2e%2e/ratings/1"] {
+        assert_eq!(
+            get(&c, addr, "reviews:9080", path, &[]).await.status,
+            403,
+            "{path}"
+        );
+    }
+    // Methods are exact in an ALLOW.
+    let lowercase_get = {
+        let req = hyper::Request::builder()
+            .method("get")
+            .uri(format!("http://{addr}/reviews/1"))
+            .header("host", "reviews:9080")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        c.request(req).await.unwrap().status().as_u16()
+    };
+    assert_eq!(lowercase_get, 403);
+    // A principal needs a proven identity; the client's IP is not one.
+    assert_eq!(
+        get(&c, addr, "reviews:9080", "/principal/x", &[])
+            .await
+            .status,
+        403
+    );
+
+    // ALLOW without rules on the Service: deny-all.
+    let deny_all = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: default}\nspec: {targetRefs: [{kind: Service, group: '', name: reviews}]}\n";
     wp.update(&snapshot(&[&svc, pp, deny_all]));
     assert_eq!(
         get(&c, addr, "reviews:9080", "/reviews/1", &[])
@@ -214,6 +271,51 @@ async fn authorization_deny_all_then_allow() {
             .status,
         403
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalised_before_routing_and_upstream() {
+    let _b = backend("127.0.14.1:8080", "reviews-v1", always(Behavior::Ok)).await;
+    let svc = service_yaml(
+        "default",
+        "reviews",
+        9080,
+        8080,
+        &[("reviews-v1-x", "127.0.14.1", "v1")],
+    );
+    let vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /api/}}]
+    route: [{destination: {host: reviews}}]
+"#;
+    let (_wp, addr) = waypoint(&snapshot(&[&svc, vs])).await;
+    let c = client();
+    let g = get(&c, addr, "reviews:9080", "/x/../api/./v1/%61?q=/../y", &[]).await;
+    assert_eq!((g.status, g.header("x-path")), (200, "/api/v1/a?q=/../y"));
+    // BASE keeps `//` and escaped slashes as they are.
+    let g = get(&c, addr, "reviews:9080", "/api//a%2Fb", &[]).await;
+    assert_eq!((g.status, g.header("x-path")), (200, "/api//a%2Fb"));
+    // Not routable once normalised.
+    assert_eq!(
+        get(&c, addr, "reviews:9080", "/api/../x", &[]).await.status,
+        404
+    );
+    // A path Envoy refuses to normalise.
+    let g = get(&c, addr, "reviews:9080", "/api/a%00", &[]).await;
+    assert_eq!(g.status, 400);
+
+    let cfg = waypoint::config::WaypointConfig {
+        path_normalization: common::authz::PathNormalization::MergeSlashes,
+        ..test_config()
+    };
+    let (_wp, addr) = waypoint_with(cfg, &snapshot(&[&svc, vs])).await;
+    let g = get(&c, addr, "reviews:9080", "//api//a", &[]).await;
+    assert_eq!((g.status, g.header("x-path")), (200, "/api/a"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,5 @@
-//! Policy evaluation tables, including the fixtures in tests/fixtures/istio.
+//! The L4 adapter: connections to attributes, policies to their destinations, and
+//! PeerAuthentication levels. The engine's semantics are tested in `common` (`authz`).
 
 use super::*;
 use common::resource::Resource;
@@ -86,23 +87,7 @@ fn fixture_authz_production_deny_all_then_allow_principal() {
 }
 
 #[test]
-fn fixture_authz_reviews_l7_allow_fails_closed() {
-    let (p, _) = parse(&fixture("authz-reviews.yaml"));
-    let reviews = labels(&[("app", "reviews")]);
-    let t = Target {
-        namespace: "default",
-        labels: &reviews,
-    };
-    let pp = Some("spiffe://cluster.local/ns/default/sa/bookinfo-productpage");
-    // The ALLOW rule has methods/paths: never matches at L4, and deny-all applies.
-    assert!(matches!(
-        authorize(&p, t, &conn(pp, "10.0.0.1", "10.0.0.2:9080")),
-        Decision::Deny(_)
-    ));
-}
-
-#[test]
-fn deny_over_allow_and_l7_in_deny_is_ignored() {
+fn deny_names_policy_and_rule_and_target_ref_policies_are_the_waypoints() {
     let yaml = r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -118,8 +103,15 @@ spec:
   rules:
   - from: [{source: {namespaces: ["bad"]}}]
     to: [{operation: {methods: ["GET"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: at-waypoint, namespace: ns}
+spec:
+  targetRefs: [{kind: Service, group: "", name: svc}]
 "#;
     let (p, _) = parse(yaml);
+    assert_eq!(p.len(), 2, "the targetRef policy is not ztunnel's");
     let l = labels(&[]);
     let t = Target {
         namespace: "ns",
@@ -127,9 +119,10 @@ spec:
     };
     let bad = Some("spiffe://cluster.local/ns/bad/sa/x");
     let good = Some("spiffe://cluster.local/ns/good/sa/x");
+    // The DENY's HTTP part cannot be checked at L4: it is enforced on its namespace alone.
     assert_eq!(
         authorize(&p, t, &conn(bad, "10.0.0.1", "10.0.0.2:80")),
-        Decision::Deny("denied by DENY policy ns/deny-get".into())
+        Decision::Deny("denied by DENY policy ns/deny-get rule 0".into())
     );
     assert_eq!(
         authorize(&p, t, &conn(good, "10.0.0.1", "10.0.0.2:80")),
@@ -138,70 +131,13 @@ spec:
 }
 
 #[test]
-fn ip_blocks_ports_and_not_forms() {
+fn remote_ip_is_the_original_client() {
     let yaml = r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: ips, namespace: ns}
+metadata: {name: clients, namespace: ns}
 spec:
-  selector: {matchLabels: {app: db}}
-  rules:
-  - from: [{source: {ipBlocks: ["10.1.0.0/16"], notIpBlocks: ["10.1.2.3"]}}]
-    to: [{operation: {ports: ["5432"]}}]
-  - from: [{source: {notPrincipals: ["cluster.local/ns/ns/sa/*"], remoteIpBlocks: ["192.168.0.0/24"]}}]
-    to: [{operation: {notPorts: ["22"]}}]
-"#;
-    let (p, _) = parse(yaml);
-    let db = labels(&[("app", "db")]);
-    let web = labels(&[("app", "web")]);
-    let t = Target {
-        namespace: "ns",
-        labels: &db,
-    };
-    let cases = [
-        (None, "10.1.0.9", "10.9.9.9:5432", true),
-        (None, "10.1.2.3", "10.9.9.9:5432", false),
-        (None, "10.1.0.9", "10.9.9.9:5433", false),
-        (None, "10.2.0.9", "10.9.9.9:5432", false),
-        (None, "192.168.0.7", "10.9.9.9:8080", true),
-        (None, "192.168.0.7", "10.9.9.9:22", false),
-        (
-            Some("spiffe://cluster.local/ns/ns/sa/a"),
-            "192.168.0.7",
-            "10.9.9.9:8080",
-            false,
-        ),
-        (
-            Some("spiffe://cluster.local/ns/other/sa/a"),
-            "192.168.0.7",
-            "10.9.9.9:8080",
-            true,
-        ),
-    ];
-    for (id, src, dst, allowed) in cases {
-        let got = authorize(&p, t, &conn(id, src, dst)) == Decision::Allow;
-        assert_eq!(got, allowed, "{id:?} {src} -> {dst}");
-    }
-    let t2 = Target {
-        namespace: "ns",
-        labels: &web,
-    };
-    assert_eq!(
-        authorize(&p, t2, &conn(None, "1.1.1.1", "10.9.9.9:1")),
-        Decision::Allow
-    );
-}
-
-#[test]
-fn allow_rule_with_only_l7_never_matches() {
-    let yaml = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: l7, namespace: ns}
-spec:
-  rules:
-  - to: [{operation: {paths: ["/x"]}}]
-  - when: [{key: "request.headers[x]", values: ["y"]}]
+  rules: [{from: [{source: {remoteIpBlocks: ["192.168.0.0/24"]}}]}]
 "#;
     let (p, _) = parse(yaml);
     let l = labels(&[]);
@@ -209,10 +145,10 @@ spec:
         namespace: "ns",
         labels: &l,
     };
-    assert!(matches!(
-        authorize(&p, t, &conn(None, "1.1.1.1", "2.2.2.2:80")),
-        Decision::Deny(_)
-    ));
+    let mut c = conn(None, "10.0.0.9", "10.0.0.2:80");
+    assert!(matches!(authorize(&p, t, &c), Decision::Deny(_)));
+    c.remote_ip = "192.168.0.7".parse().unwrap();
+    assert_eq!(authorize(&p, t, &c), Decision::Allow);
 }
 
 #[test]
