@@ -71,7 +71,6 @@ pub fn analyze(loaded: &Loaded, options: &BuildOptions) -> Report {
                 .push(p);
         }
     }
-    let mut mesh_hosts: HashMap<String, String> = HashMap::new();
     for (r, origin) in loaded.resources.iter().zip(&loaded.origins) {
         let at = At {
             origin,
@@ -97,10 +96,15 @@ pub fn analyze(loaded: &Loaded, options: &BuildOptions) -> Report {
                             format!("host \"{h}\" ({fqdn}) matches no Service"),
                         );
                     }
-                    match mesh_hosts.get(&fqdn) {
-                        Some(first) => a.push(&at, Severity::Error, codes::CONFLICTING_VIRTUAL_SERVICE_HOSTS, &path, format!("host {fqdn} is also routed by {first}; only one VirtualService per host takes effect")),
-                        None => {
-                            mesh_hosts.insert(fqdn, at.resource.clone());
+                    // Istio applies one VirtualService per host (the oldest; see
+                    // `model::routing`): every other one for the host is flagged.
+                    if !fqdn.contains('*') {
+                        let winner = model
+                            .virtual_service_for_host(&fqdn)
+                            .filter(|w| w.namespace() != ns || w.name() != vs.name());
+                        if let Some(w) = winner {
+                            let first = format!("VirtualService {}/{}", w.namespace(), w.name());
+                            a.push(&at, Severity::Error, codes::CONFLICTING_VIRTUAL_SERVICE_HOSTS, &path, format!("host {fqdn} is also routed by {first}; only one VirtualService per host takes effect: {first}, the oldest by creationTimestamp, then name, then namespace"));
                         }
                     }
                 }
@@ -316,8 +320,10 @@ impl Analysis<'_> {
             .get("istio.io/use-waypoint-namespace")
             .map(String::as_str)
             .unwrap_or(ns);
-        if self.model.waypoint(wp_ns, name).is_none() {
-            self.push(at, Severity::Error, codes::REFERENCED_RESOURCE_NOT_FOUND, "metadata.labels", format!("waypoint {wp_ns}/{name} (label {USE_WAYPOINT_LABEL}) is no Gateway of class istio-waypoint"));
+        match self.model.waypoint(wp_ns, name) {
+            None => self.push(at, Severity::Error, codes::REFERENCED_RESOURCE_NOT_FOUND, "metadata.labels", format!("waypoint {wp_ns}/{name} (label {USE_WAYPOINT_LABEL}) is no Gateway of class istio-waypoint")),
+            Some(w) if !w.allows_namespace(ns, self.model.namespace_labels(ns)) => self.push(at, Severity::Error, codes::REFERENCED_RESOURCE_NOT_FOUND, "metadata.labels", format!("waypoint {wp_ns}/{name} (label {USE_WAYPOINT_LABEL}) does not admit namespace {ns}: its HBONE listener's allowedRoutes.namespaces leaves it out, so nothing here uses it")),
+            Some(_) => {}
         }
     }
 }

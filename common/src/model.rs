@@ -8,8 +8,12 @@
 
 mod build;
 pub mod host;
+mod routing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_routing;
+pub mod traffic;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -137,13 +141,57 @@ impl WaypointFor {
     }
 }
 
+/// Which namespaces may bind their services and pods to a waypoint: the `allowedRoutes` of
+/// its HBONE listener (port 15008), as Istio reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllowedNamespaces {
+    /// The Gateway's own namespace (Gateway API's default).
+    #[default]
+    Same,
+    All,
+    /// Namespaces whose labels contain all of these. `None`: a selector this mesh cannot
+    /// evaluate (`matchExpressions`), which admits no namespace.
+    Selector(Option<Labels>),
+}
+
 /// A declared waypoint and what it serves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Waypoint {
     #[serde(flatten)]
     pub reference: WaypointRef,
     pub waypoint_for: WaypointFor,
+    pub allowed_namespaces: AllowedNamespaces,
 }
+
+impl Waypoint {
+    /// Whether objects of `namespace` (labelled `namespace_labels`) may use this waypoint.
+    pub fn allows_namespace(&self, namespace: &str, namespace_labels: Option<&Labels>) -> bool {
+        match &self.allowed_namespaces {
+            AllowedNamespaces::All => true,
+            AllowedNamespaces::Same => namespace == self.reference.namespace,
+            AllowedNamespaces::Selector(None) => false,
+            AllowedNamespaces::Selector(Some(sel)) => {
+                // Kubernetes labels every namespace with its own name.
+                let own = (NAMESPACE_NAME_LABEL.to_string(), namespace.to_string());
+                sel.iter().all(|(k, v)| {
+                    (k == &own.0 && v == &own.1)
+                        || namespace_labels
+                            .and_then(|l| l.get(k))
+                            .is_some_and(|lv| lv == v)
+                })
+            }
+        }
+    }
+
+    /// True for the waypoint `name` in `namespace`.
+    pub fn is(&self, namespace: &str, name: &str) -> bool {
+        self.reference.namespace == namespace && self.reference.name == name
+    }
+}
+
+/// Label Kubernetes sets on every Namespace: its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// A Kubernetes Service as the proxies see it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -244,15 +292,21 @@ pub struct Model {
     /// Per service (by id): ready endpoints.
     #[serde(skip)]
     endpoints: Vec<Vec<WorkloadId>>,
-    /// Mesh-bound VirtualServices by resolved exact host.
+    /// Per VirtualService (by index): its rank in Istio's order of precedence.
+    #[serde(skip)]
+    vs_rank: Vec<u32>,
+    /// Mesh-bound VirtualServices by resolved exact host, in rank order.
     #[serde(skip)]
     vs_by_host: HashMap<String, Vec<u32>>,
-    /// Mesh-bound VirtualServices with a wildcard host: (pattern, index).
+    /// Mesh-bound VirtualServices with a wildcard host: (pattern, index), in rank order.
     #[serde(skip)]
     vs_wildcard: Vec<(String, u32)>,
-    /// Merged DestinationRules keyed by (DR namespace, resolved host).
+    /// Merged DestinationRules keyed by (DR namespace, resolved host or wildcard pattern).
     #[serde(skip)]
     merged_drs: HashMap<(String, String), DestinationRule>,
+    /// Wildcard DestinationRule hosts per namespace, most specific first.
+    #[serde(skip)]
+    dr_wildcards: HashMap<String, Vec<String>>,
     #[serde(skip)]
     peer_authn_by_workload: Vec<PeerAuthnIdx>,
     /// Root-namespace policies without selector: every workload.
@@ -396,45 +450,6 @@ impl Model {
     /// namespace-relative; anything with a dot is taken as written).
     pub fn resolve_host(&self, host: &str, namespace: &str) -> String {
         host::resolve_resource_host(host, namespace, &self.cluster_domain)
-    }
-
-    /// VirtualServices bound to the mesh (no `gateways`, or `mesh` among them) whose hosts
-    /// match `fqdn`: exact hosts first (load order), then wildcard hosts.
-    pub fn virtual_services_for_host(&self, fqdn: &str) -> Vec<&VirtualService> {
-        let mut out: Vec<&VirtualService> = self
-            .vs_by_host
-            .get(fqdn)
-            .into_iter()
-            .flatten()
-            .map(|i| &self.virtual_services[*i as usize])
-            .collect();
-        for (pattern, i) in &self.vs_wildcard {
-            let vs = &self.virtual_services[*i as usize];
-            if host::host_matches(pattern, fqdn) && !out.iter().any(|o| std::ptr::eq(*o, vs)) {
-                out.push(vs);
-            }
-        }
-        out
-    }
-
-    /// The DestinationRule a client in `from_namespace` uses for `fqdn`: one in the client's
-    /// namespace, else in the service's namespace, else in the root namespace. Several rules
-    /// for the same host in one namespace are merged as Istio does (subsets appended, the
-    /// first rule's traffic policy wins).
-    pub fn destination_rule_for_host(
-        &self,
-        fqdn: &str,
-        from_namespace: &str,
-    ) -> Option<&DestinationRule> {
-        let service_ns = host::split_service_fqdn(fqdn, &self.cluster_domain).map(|(_, ns)| ns);
-        [
-            Some(from_namespace),
-            service_ns,
-            Some(self.root_namespace.as_str()),
-        ]
-        .into_iter()
-        .flatten()
-        .find_map(|ns| self.merged_drs.get(&(ns.to_string(), fqdn.to_string())))
     }
 
     /// PeerAuthentications that apply to the workload (mesh, namespace, workload level).

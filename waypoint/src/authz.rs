@@ -11,16 +11,11 @@
 
 use std::net::IpAddr;
 
-use common::authz::WaypointTarget;
-use common::authz::{attached_to_waypoint, Attributes, Authorizer, Layer, RequestAttributes};
-use common::k8s::Service;
-use common::model::DEFAULT_ROOT_NAMESPACE;
+use common::authz::{Attributes, Authorizer, Layer, RequestAttributes};
 use common::resource::AuthorizationPolicy;
 use common::Identity;
 use http::{HeaderMap, Method};
 use serde::Serialize;
-
-use crate::config::WaypointConfig;
 
 /// What a policy may look at for one request.
 pub struct AuthzInput<'a> {
@@ -64,26 +59,6 @@ impl Default for AuthzTable {
 }
 
 impl AuthzTable {
-    /// Selects (Istio's waypoint attachment) and compiles the policies for `svc` at this
-    /// waypoint. Warnings not already in `warnings` are appended.
-    pub fn for_service(
-        cfg: &WaypointConfig,
-        svc: &Service,
-        policies: &[AuthorizationPolicy],
-        warnings: &mut Vec<String>,
-    ) -> Self {
-        let target = WaypointTarget {
-            namespace: &cfg.namespace,
-            name: &cfg.name,
-            service: Some((svc.metadata.namespace_or_default(), &svc.metadata.name)),
-            root_namespace: DEFAULT_ROOT_NAMESPACE,
-        };
-        Self::compile(
-            policies.iter().filter(|p| attached_to_waypoint(p, &target)),
-            warnings,
-        )
-    }
-
     /// Compiles policies already selected for one service (such as
     /// `Model::authorization_policies_for_waypoint` returns).
     pub fn compile<'a>(
@@ -133,16 +108,7 @@ impl AuthzTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MeshSnapshot;
     use std::path::Path;
-
-    fn svc(ns: &str) -> Service {
-        let mut s = Service::default();
-        s.metadata.name = "reviews".into();
-        s.metadata.namespace = Some(ns.into());
-        s.spec.selector = Some([("app".to_string(), "reviews".to_string())].into());
-        s
-    }
 
     fn input<'a>(
         h: &'a HeaderMap,
@@ -163,13 +129,18 @@ mod tests {
         }
     }
 
+    /// The table of the waypoint `default/waypoint` for service `reviews` in namespace `ns`,
+    /// with the policies of `yaml` attached as the model decides.
     fn table(yaml: &str, ns: &str, w: &mut Vec<String>) -> AuthzTable {
-        let mut snap = MeshSnapshot::default();
-        snap.add_yaml(yaml, Path::new("x.yaml")).unwrap();
-        AuthzTable::for_service(
-            &WaypointConfig::default(),
-            &svc(ns),
-            &snap.authorization_policies,
+        let text = format!(
+            "{yaml}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: reviews, namespace: {ns}}}\nspec: {{selector: {{app: reviews}}, ports: [{{port: 9080}}]}}\n"
+        );
+        let model = crate::config::tests::model(&text, Path::new("x.yaml")).unwrap();
+        let svc = model
+            .service_by_fqdn(&format!("reviews.{ns}.svc.cluster.local"))
+            .unwrap();
+        AuthzTable::compile(
+            model.authorization_policies_for_waypoint("default", "waypoint", Some(svc)),
             w,
         )
     }

@@ -1,19 +1,13 @@
-//! Waypoint settings and the configuration snapshot the route compiler reads.
+//! Waypoint settings.
 //!
 //! [`WaypointConfig`] holds the process settings (names, listen addresses, limits) with Istio's
-//! defaults as consts; it is frozen in an `Arc` at start. [`MeshSnapshot`] is the set of
-//! Kubernetes and Istio objects one compilation sees, filled by `common`'s loader (which
-//! names file, line, resource and field in every diagnostic and rejects invalid input). The
-//! route compiler reads only the snapshot, so moving it onto `common::model::Model` views
-//! later is local to `MeshSnapshot`.
+//! defaults as consts; it is frozen in an `Arc` at start. The mesh configuration itself is a
+//! `common::Model`, delivered by `common`'s sources (the YAML directory in local mode) exactly
+//! as ztunnel receives it; the route compiler reads nothing else.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::k8s::{Gateway, Namespace, Pod, Service};
-use common::resource::{AuthorizationPolicy, DestinationRule, VirtualService};
-use common::Resource;
 use serde::Serialize;
 
 /// HBONE listener (Istio's port).
@@ -34,9 +28,12 @@ pub const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;
 /// Which services this waypoint serves.
 #[derive(Clone, Debug, Serialize)]
 pub enum ServeScope {
-    /// Every service in the snapshot (tests, gateway role).
+    /// Every service in the model (tests, gateway role). Workloads addressed directly are
+    /// still served only when bound to this waypoint.
     All,
-    /// Services (or namespaces) labelled `istio.io/use-waypoint: <name>`.
+    /// The services and workloads the model binds to this waypoint (`name` in `namespace`),
+    /// in any namespace: `istio.io/use-waypoint` on the service, pod or namespace, with
+    /// `istio.io/use-waypoint-namespace` for a waypoint elsewhere.
     Waypoint,
 }
 
@@ -76,123 +73,6 @@ impl Default for WaypointConfig {
     }
 }
 
-/// The objects one compilation reads.
-#[derive(Clone, Debug, Default)]
-pub struct MeshSnapshot {
-    pub namespaces: Vec<Namespace>,
-    pub services: Vec<Service>,
-    pub pods: Vec<Pod>,
-    pub gateways: Vec<Gateway>,
-    pub virtual_services: Vec<VirtualService>,
-    pub destination_rules: Vec<DestinationRule>,
-    pub authorization_policies: Vec<AuthorizationPolicy>,
-}
-
-/// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The loader found errors (each names file, line, resource and field).
-    #[error("configuration rejected:\n  {}", .0.join("\n  "))]
-    Invalid(Vec<String>),
-}
-
-impl MeshSnapshot {
-    /// Sorts resources into the snapshot. Kinds the waypoint does not read are skipped.
-    pub fn from_resources(resources: Vec<Resource>) -> Self {
-        let mut s = MeshSnapshot::default();
-        for r in resources {
-            match r {
-                Resource::Namespace(o) => s.namespaces.push(o),
-                Resource::Pod(o) => s.pods.push(o),
-                Resource::Service(o) => s.services.push(o),
-                Resource::Gateway(o) => s.gateways.push(o),
-                Resource::VirtualService(o) => s.virtual_services.push(o),
-                Resource::DestinationRule(o) => s.destination_rules.push(o),
-                Resource::AuthorizationPolicy(o) => s.authorization_policies.push(o),
-                Resource::PeerAuthentication(_) | Resource::IstioGateway(_) => {}
-            }
-        }
-        s
-    }
-
-    /// Adds the resources of multi-document YAML `text` (tests and in-memory configs), parsed by
-    /// `common`'s loader like a file named `path`.
-    pub fn add_yaml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let loaded = common::load::load_str(path, text);
-        let more = accept(loaded)?;
-        let MeshSnapshot {
-            namespaces,
-            services,
-            pods,
-            gateways,
-            virtual_services,
-            destination_rules,
-            authorization_policies,
-        } = more;
-        self.namespaces.extend(namespaces);
-        self.services.extend(services);
-        self.pods.extend(pods);
-        self.gateways.extend(gateways);
-        self.virtual_services.extend(virtual_services);
-        self.destination_rules.extend(destination_rules);
-        self.authorization_policies.extend(authorization_policies);
-        Ok(())
-    }
-
-    /// Loads a directory with `common`'s loader (which caches unchanged files across calls).
-    /// Errors reject the whole snapshot, so the caller keeps serving the last good one.
-    pub fn load_dir_with(
-        loader: &mut common::load::Loader,
-        dir: &Path,
-    ) -> Result<Self, ConfigError> {
-        accept(loader.load_dir(dir))
-    }
-
-    /// Loads a directory once.
-    pub fn load_dir(dir: &Path) -> Result<Self, ConfigError> {
-        accept(common::load::load_dir(dir))
-    }
-}
-
-fn accept(loaded: common::load::Loaded) -> Result<MeshSnapshot, ConfigError> {
-    if loaded.has_errors() {
-        return Err(ConfigError::Invalid(
-            loaded.errors().map(|d| d.to_string()).collect(),
-        ));
-    }
-    for w in loaded.warnings() {
-        tracing::warn!("{w}");
-    }
-    Ok(MeshSnapshot::from_resources(loaded.resources))
-}
-
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(yaml_files(&p));
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// A cheap fingerprint of a config directory (names, sizes, mtimes) for change polling.
-pub fn dir_fingerprint(dir: &Path) -> Option<Vec<(PathBuf, u64, SystemTime)>> {
-    yaml_files(dir)
-        .into_iter()
-        .map(|p| {
-            let m = std::fs::metadata(&p).ok()?;
-            Some((p, m.len(), m.modified().ok()?))
-        })
-        .collect()
-}
-
 /// Listen addresses of a running waypoint.
 #[derive(Clone, Debug)]
 pub struct ListenAddrs {
@@ -203,23 +83,34 @@ pub struct ListenAddrs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod tests {
+    use std::path::Path;
+
+    /// A model from YAML text, loaded and validated by `common` as a file named `path`.
+    pub fn model(text: &str, path: &Path) -> Result<common::Model, String> {
+        common::load::load_str(path, text)
+            .into_model(&common::BuildOptions::default())
+            .map_err(|e| e.to_string())
+    }
 
     #[test]
     fn loads_every_fixture_file() {
         // Each file loads on its own (together they define some resources twice, which the
         // loader rightly rejects).
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/istio");
         let (mut vs, mut dr, mut ap) = (0, 0, 0);
-        for path in
-            yaml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/istio"))
-        {
-            let mut s = MeshSnapshot::default();
-            s.add_yaml(&std::fs::read_to_string(&path).unwrap(), &path)
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        for path in files {
+            let m = model(&std::fs::read_to_string(&path).unwrap(), &path)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            vs += s.virtual_services.len();
-            dr += s.destination_rules.len();
-            ap += s.authorization_policies.len();
+            vs += m.virtual_services().len();
+            dr += m.destination_rules().len();
+            ap += m.authorization_policies().len();
         }
         assert!(vs >= 10 && dr >= 5 && ap >= 4, "{vs} {dr} {ap}");
     }

@@ -4,18 +4,24 @@
 //! Envoy define them to HTTP/1.1 and HTTP/2 traffic, and forwards to endpoints through a
 //! pluggable [`upstream::Connector`] (plain TCP today, HBONE in the mesh).
 //!
-//! Layout, one concern per module: `route` (compiled tables: `compile`, `match_`), `fault`,
-//! `retry`, `outlier`, `balance`, `pool_limits` (circuit breaking), `pool` (connections),
-//! `authz`, `metrics`, `access_log`, `admin`, `proxy` (the request path as phases),
-//! `listener` (downstream acceptors), `upstream` (connectors), `config`.
+//! Its configuration is a `common::Model`, from the same sources and reload path as ztunnel's
+//! (`common::source`); Istio's resolution rules (bindings, VirtualService and DestinationRule
+//! precedence, subset policies) are `common`'s, compiled here into request-path tables.
+//!
+//! Layout, one concern per module: `route` (compiled tables: `compile`, `destination`,
+//! `match_`), `fault`, `retry`, `outlier`, `balance`, `pool_limits` (circuit breaking), `pool`
+//! (connections), `authz`, `metrics`, `access_log`, `admin`, `proxy` (the request path as
+//! phases), `listener` (downstream acceptors), `upstream` (connectors), `config`.
 //!
 //! ```no_run
-//! # async fn run() -> std::io::Result<()> {
-//! use waypoint::{config::{MeshSnapshot, WaypointConfig}, Waypoint};
-//! let snap = MeshSnapshot::load_dir("config/".as_ref()).unwrap();
-//! let wp = Waypoint::new(WaypointConfig::default(), &snap);
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use common::source::{ConfigSource, DirSource, DirSourceOptions};
+//! use waypoint::{config::WaypointConfig, Waypoint};
+//! let source = DirSource::start("config/", DirSourceOptions::default()).await?;
+//! let wp = Waypoint::new(WaypointConfig::default(), &source.current());
 //! let addr = wp.spawn_plaintext("127.0.0.1:0".parse().unwrap()).await?;
-//! // later: wp.update(&new_snapshot) swaps tables without touching in-flight requests.
+//! // On each `source.subscribe()` change: wp.update(&model) swaps tables without touching
+//! // in-flight requests.
 //! # Ok(()) }
 //! ```
 
@@ -47,10 +53,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use common::Model;
 use tokio::net::TcpListener;
 
 use crate::access_log::Telemetry;
-use crate::config::{MeshSnapshot, WaypointConfig};
+use crate::config::WaypointConfig;
 use crate::listener::{Acceptor, TcpAcceptor};
 use crate::proxy::ProxyInputs;
 use crate::route::RouteTable;
@@ -64,18 +71,18 @@ pub struct Waypoint {
 }
 
 impl Waypoint {
-    /// Compiles `snapshot` and prepares a waypoint that connects upstream over plain TCP.
-    pub fn new(config: WaypointConfig, snapshot: &MeshSnapshot) -> Self {
-        Self::with_connector(config, snapshot, Arc::new(TcpConnector))
+    /// Compiles `model` and prepares a waypoint that connects upstream over plain TCP.
+    pub fn new(config: WaypointConfig, model: &Model) -> Self {
+        Self::with_connector(config, model, Arc::new(TcpConnector))
     }
 
     /// As [`Waypoint::new`] with another upstream connector (HBONE in the mesh).
     pub fn with_connector(
         config: WaypointConfig,
-        snapshot: &MeshSnapshot,
+        model: &Model,
         connector: Arc<dyn Connector>,
     ) -> Self {
-        let tables = route::compile::compile(&config, snapshot, None, 1);
+        let tables = route::compile::compile(&config, model, None, 1);
         for w in &tables.warnings {
             tracing::warn!("{w}");
         }
@@ -94,13 +101,12 @@ impl Waypoint {
         }
     }
 
-    /// Recompiles from a new snapshot and swaps the tables in. In-flight requests finish on
-    /// the tables they started with; live cluster/endpoint state carries over.
-    pub fn update(&self, snapshot: &MeshSnapshot) {
+    /// Recompiles from a new model and swaps the tables in. In-flight requests finish on the
+    /// tables they started with; live cluster/endpoint state carries over.
+    pub fn update(&self, model: &Model) {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let prev = self.inputs.tables.load_full();
-        let tables =
-            route::compile::compile(&self.inputs.config, snapshot, Some(&prev), generation);
+        let tables = route::compile::compile(&self.inputs.config, model, Some(&prev), generation);
         for w in &tables.warnings {
             tracing::warn!("{w}");
         }
@@ -122,6 +128,8 @@ impl Waypoint {
     }
 
     /// Binds a plaintext listener and serves it on a background task; returns its address.
+    /// Requests there select their virtual host by authority (`Host`), not by a tunnel
+    /// destination: a test path (the mesh reaches the waypoint over HBONE only).
     pub async fn spawn_plaintext(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let acceptor = TcpAcceptor::new(TcpListener::bind(addr).await?);
         let local = acceptor.local_addr()?;

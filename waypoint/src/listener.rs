@@ -3,7 +3,8 @@
 //!
 //! The plaintext TCP acceptor serves tests and a future gateway role; the HBONE acceptor (an
 //! adapter over `ztunnel::hbone::server`) yields one stream per admitted `CONNECT`, with the
-//! peer's mTLS identity and the tunnel's target address in [`ConnInfo`]. Both feed the same
+//! peer's mTLS identity and the tunnel's target address in [`ConnInfo`]. A tunnel whose target
+//! this waypoint does not serve is dropped unread. Both feed the same
 //! server: HTTP/1.1 and HTTP/2 with prior knowledge (detected from the preface), header read
 //! timeout against slow-loris clients (the connection is closed), a header size cap answered
 //! with 431, and malformed requests answered 400 by hyper — none of them can affect other
@@ -90,6 +91,14 @@ pub async fn serve(mut acceptor: impl Acceptor, inputs: Arc<ProxyInputs>) {
                 continue;
             }
         };
+        // A tunnel to a destination this waypoint does not serve is refused before any
+        // request is read: nothing is forwarded for it.
+        if let Some(dst) = info.original_dst {
+            if inputs.tables.load().vhost_for_destination(dst).is_none() {
+                tracing::warn!(%dst, peer = %info.peer, "tunnel refused: destination not served by this waypoint");
+                continue;
+            }
+        }
         let inputs = inputs.clone();
         let builder = builder.clone();
         tokio::spawn(async move {

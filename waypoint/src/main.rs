@@ -1,5 +1,6 @@
-//! `waypoint` binary: loads a config directory, serves the proxy and side ports, and reloads
-//! the directory when it changes (polling; a bad reload keeps the last good config).
+//! `waypoint` binary: serves the proxy and side ports from the model of a config directory,
+//! through the same source as ztunnel (`common::source::DirSource`: watched, debounced,
+//! validated; a rejected reload keeps the last good model), recompiling on every new model.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -8,8 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use common::source::{ConfigSource, DirSource, DirSourceOptions};
+use common::BuildOptions;
 use waypoint::admin::Port;
-use waypoint::config::{self, MeshSnapshot, ServeScope, WaypointConfig};
+use waypoint::config::{self, ServeScope, WaypointConfig};
 use waypoint::hbone::{HboneAcceptor, HboneConnector};
 use waypoint::Waypoint;
 
@@ -47,9 +50,6 @@ struct Args {
     /// HBONE listener (with `--ca-dir`).
     #[arg(long, default_value = "0.0.0.0:15008")]
     hbone: SocketAddr,
-    /// Config poll interval in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    reload_ms: u64,
 }
 
 #[tokio::main]
@@ -72,9 +72,21 @@ async fn main() -> anyhow::Result<()> {
         access_log: !args.no_access_log,
         ..Default::default()
     };
-    let mut loader = common::load::Loader::new();
-    let snap = MeshSnapshot::load_dir_with(&mut loader, &args.config)
-        .with_context(|| format!("loading {}", args.config.display()))?;
+    let source = DirSource::start(
+        &args.config,
+        DirSourceOptions {
+            build: BuildOptions {
+                trust_domain: cfg.trust_domain.clone(),
+                ..BuildOptions::default()
+            },
+            ..DirSourceOptions::default()
+        },
+    )
+    .await
+    .with_context(|| format!("loading {}", args.config.display()))?;
+    // Subscribed before the first read, so no model published meanwhile is missed.
+    let mut models = source.subscribe();
+    let model = models.borrow_and_update().clone();
     // The waypoint's identity is its Gateway's service account (named after the Gateway).
     let identity = common::Identity::new(&cfg.trust_domain, &args.namespace, &args.name);
     let hbone = match &args.ca_dir {
@@ -91,10 +103,10 @@ async fn main() -> anyhow::Result<()> {
     let wp = match &hbone {
         Some(certs) => Waypoint::with_connector(
             cfg,
-            &snap,
+            &model,
             Arc::new(HboneConnector::new(certs.clone(), identity.clone())),
         ),
-        None => Waypoint::new(cfg, &snap),
+        None => Waypoint::new(cfg, &model),
     };
     if let Some(certs) = &hbone {
         let l = tokio::net::TcpListener::bind(args.hbone)
@@ -131,28 +143,19 @@ async fn main() -> anyhow::Result<()> {
         .context("binding readiness port")?;
     tracing::info!(%plain, %admin, %metrics, %ready, name = %args.name, vhosts = wp.tables().virtual_hosts.len(), "waypoint serving");
 
-    let mut last = config::dir_fingerprint(&args.config);
-    let mut tick = tokio::time::interval(Duration::from_millis(args.reload_ms.max(50)));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
-            _ = tick.tick() => {}
-        }
-        let now = config::dir_fingerprint(&args.config);
-        if now == last {
-            continue;
-        }
-        last = now;
-        match MeshSnapshot::load_dir_with(&mut loader, &args.config) {
-            Ok(s) => {
-                wp.update(&s);
+            changed = models.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let model = models.borrow_and_update().clone();
+                wp.update(&model);
                 tracing::info!(
                     generation = wp.tables().generation,
                     "configuration reloaded"
                 );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed; keeping the last good configuration")
             }
         }
     }

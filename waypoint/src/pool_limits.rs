@@ -52,8 +52,9 @@ fn limit(v: Option<i64>) -> Option<u32> {
 }
 
 impl Limits {
-    /// Applies `settings` on top of `self` (subset policy over the top-level one: Istio merges
-    /// field by field).
+    /// Applies `settings` on top of `self`. The settings are a cluster's effective
+    /// `connectionPool` (see `common::model::traffic`: a subset's pool replaces the rule's
+    /// whole), so callers apply it once, over the defaults.
     pub fn merged(&self, settings: Option<&ConnectionPoolSettings>) -> Limits {
         let mut l = self.clone();
         let Some(s) = settings else { return l };

@@ -1,8 +1,9 @@
 //! The L7 request path, as phases (pingora style):
 //!
 //! 1. **request filter** — normalise the path (`meshConfig.pathNormalization`, 400 when it
-//!    cannot be), find the virtual host by authority (404 `NR`), enforce AuthorizationPolicy
-//!    (403), select the first matching route (404 `NR`);
+//!    cannot be), find the virtual host by tunnel destination (by authority on the plaintext
+//!    test listener; 404 `NR`), enforce AuthorizationPolicy (403), select the first matching
+//!    route (404 `NR`);
 //! 2. **local actions** — redirect / direct response; fault injection (delay `DI`, abort `FI`);
 //! 3. **upstream** — weighted cluster choice, header rules, rewrite, optional mirror, then the
 //!    attempt loop: circuit breaker (503 `UO`), balancer with outlier ejection (503 `UH`),
@@ -255,8 +256,15 @@ pub async fn handle(
         },
     })));
     let rec = &mut inflight.0.as_mut().expect("set above").record;
-    let dst_port = conn.original_dst.map_or(conn.local.port(), |a| a.port());
-    let mut resp = match tables.find_vhost(&authority, Some(dst_port)) {
+    // A tunnel selects by its destination, never by `Host`; only the plaintext test listener
+    // selects by authority.
+    let vhost = match conn.original_dst {
+        Some(dst) => tables.vhost_for_destination(dst),
+        None => tables
+            .find_vhost(&authority, Some(conn.local.port()))
+            .cloned(),
+    };
+    let mut resp = match vhost {
         _ if bad_path => {
             rec.details = "path_normalization_failed";
             local(StatusCode::BAD_REQUEST, "bad request")
@@ -267,7 +275,6 @@ pub async fn handle(
             local(StatusCode::NOT_FOUND, "")
         }
         Some(vh) => {
-            let vh = vh.clone();
             rec.labels.destination_service = vh.service.fqdn.clone();
             rec.labels.destination_service_name = vh.service.name.clone();
             rec.labels.destination_service_namespace = vh.service.namespace.clone();

@@ -1,16 +1,19 @@
-//! Compiled routing tables: what the request path consults, built once per config snapshot.
+//! Compiled routing tables: what the request path consults, built once per model.
 //!
-//! [`RouteTable`] maps a request's authority (any name or cluster IP of a served service,
-//! with or without port) to a [`VirtualHost`]: the ordered Istio `http` rules of the
-//! VirtualServices for that service (or a default route to the service itself), and the
-//! service's L7 authorization table. Everything here is immutable; a reload builds a new table
-//! and swaps it in atomically (see `lib.rs`).
+//! [`RouteTable`] maps a tunnel's destination (service VIP and port, or the IP of a pod bound
+//! to this waypoint; see `destination`) to a [`VirtualHost`]: the ordered `http` rules of the
+//! one VirtualService in effect for that service (or a default route to the service or pod
+//! itself), and the L7 authorization table. The plaintext listener, a test path, selects by
+//! the request's authority instead ([`RouteTable::find_vhost`]). Everything here is immutable
+//! except the per-port hosts of directly addressed pods, compiled on first use; a reload
+//! builds a new table and swaps it in atomically (see `lib.rs`).
 
 pub mod compile;
+pub mod destination;
 pub mod match_;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +40,14 @@ pub enum RouteError {
 #[derive(Serialize)]
 pub struct RouteTable {
     pub generation: u64,
+    /// Plaintext (test) selection: every name and VIP of a served service.
     #[serde(skip)]
     hosts: HashMap<Box<str>, Vec<(u16, Arc<VirtualHost>)>>,
+    /// Tunnel selection: `VIP:port` of every served service port.
+    #[serde(skip)]
+    by_destination: HashMap<SocketAddr, Arc<VirtualHost>>,
+    /// Tunnel selection: pods bound to this waypoint, by each of their IPs.
+    pub workload_hosts: HashMap<IpAddr, Arc<destination::WorkloadHost>>,
     pub virtual_hosts: Vec<Arc<VirtualHost>>,
     pub clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
     #[serde(skip)]
@@ -53,6 +62,8 @@ impl RouteTable {
         RouteTable {
             generation: 0,
             hosts: HashMap::new(),
+            by_destination: HashMap::new(),
+            workload_hosts: HashMap::new(),
             virtual_hosts: Vec::new(),
             clusters: BTreeMap::new(),
             workloads_by_ip: HashMap::new(),
@@ -61,7 +72,8 @@ impl RouteTable {
     }
 
     /// Finds the virtual host for `authority` (`host[:port]`); `dst_port` is used when the
-    /// authority has no port (e.g. the listener's or tunnel's destination port).
+    /// authority has no port (the listener's port). Only the plaintext test listener selects
+    /// this way: tunnels select by destination ([`RouteTable::vhost_for_destination`]).
     pub fn find_vhost(&self, authority: &str, dst_port: Option<u16>) -> Option<&Arc<VirtualHost>> {
         let (host, port) = split_authority(authority);
         let entry = if host.bytes().any(|b| b.is_ascii_uppercase()) {

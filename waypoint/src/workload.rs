@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use common::k8s::Pod;
 use common::Identity;
 use serde::Serialize;
 
@@ -48,16 +47,26 @@ fn workload_name(pod: &str) -> &str {
 }
 
 impl WorkloadInfo {
-    pub fn from_pod(pod: &Pod, trust_domain: &str) -> Self {
-        let ns = pod.metadata.namespace_or_default();
-        let sa = pod
-            .spec
-            .service_account_name
-            .as_deref()
-            .or(pod.spec.service_account.as_deref())
-            .unwrap_or("default");
-        let identity = Identity::new(trust_domain, ns, sa);
-        let labels = pod.metadata.labels.clone();
+    /// The request path's view of a model workload.
+    pub fn from_workload(w: &common::model::Workload) -> Self {
+        Self::new(
+            &w.name,
+            &w.namespace,
+            w.labels.clone(),
+            w.identity.clone(),
+            Some(w.ip),
+            w.node.as_deref(),
+        )
+    }
+
+    fn new(
+        pod_name: &str,
+        ns: &str,
+        labels: BTreeMap<String, String>,
+        identity: Identity,
+        ip: Option<IpAddr>,
+        node: Option<&str>,
+    ) -> Self {
         let label = |a: &str, b: &str| -> Arc<str> {
             labels
                 .get(a)
@@ -66,31 +75,24 @@ impl WorkloadInfo {
                 .unwrap_or_else(|| Arc::from("unknown"))
         };
         WorkloadInfo {
-            name: Arc::from(workload_name(&pod.metadata.name)),
-            pod_name: Arc::from(pod.metadata.name.as_str()),
+            name: Arc::from(workload_name(pod_name)),
+            pod_name: Arc::from(pod_name),
             namespace: Arc::from(ns),
             principal: Arc::from(identity.principal().as_str()),
             identity,
             app: label("app", "app.kubernetes.io/name"),
             version: label("version", "app.kubernetes.io/version"),
-            ip: pod
-                .status
-                .pod_ip
-                .or_else(|| pod.status.pod_ips.first().map(|p| p.ip)),
-            node: pod.spec.node_name.as_deref().map(Arc::from),
+            ip,
+            node: node.map(Arc::from),
             labels,
         }
     }
 
-    /// A workload for unit tests.
+    /// A workload for unit tests (service account named after the pod).
     #[cfg(test)]
     pub fn for_test(name: &str, ns: &str, labels: BTreeMap<String, String>) -> Self {
-        let mut pod = Pod::default();
-        pod.metadata.name = name.to_string();
-        pod.metadata.namespace = Some(ns.to_string());
-        pod.metadata.labels = labels;
-        pod.spec.service_account_name = Some(name.to_string());
-        Self::from_pod(&pod, common::identity::DEFAULT_TRUST_DOMAIN)
+        let identity = Identity::new(common::identity::DEFAULT_TRUST_DOMAIN, ns, name);
+        Self::new(name, ns, labels, identity, None, None)
     }
 }
 

@@ -71,7 +71,6 @@ async fn binary_serves_and_hot_reloads() {
             "--port-offset",
             &offset.to_string(),
         ])
-        .args(["--reload-ms", "100"])
         .kill_on_drop(true)
         .spawn()
         .expect("waypoint binary starts");

@@ -143,11 +143,7 @@ spec:
   - from: [{source: {principals: ["cluster.local/ns/default/sa/productpage"]}}]
 "#;
     let connector = HboneConnector::with_port(certs.clone(), wp_id.clone(), NODE_PORT);
-    let wp = Waypoint::with_connector(
-        test_config(),
-        &snapshot(&[&svc, policy]),
-        Arc::new(connector),
-    );
+    let wp = Waypoint::with_connector(test_config(), &model(&[&svc, policy]), Arc::new(connector));
     let acceptor = HboneAcceptor::start(
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         certs.clone(),

@@ -16,7 +16,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use support::{fixture, service_yaml, snapshot, test_config, Behavior, Script};
+use support::{fixture, model, service_yaml, test_config, Behavior, Script};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use waypoint::listener::Acceptor;
@@ -97,7 +97,7 @@ impl Harness {
         let connector = MemConnector {
             pods: [("10.0.0.1:8080".parse().unwrap(), (script, hits.clone()))].into(),
         };
-        let wp = Waypoint::with_connector(test_config(), &snapshot(&docs), Arc::new(connector));
+        let wp = Waypoint::with_connector(test_config(), &model(&docs), Arc::new(connector));
         let (tx, rx) = mpsc::channel(16);
         let server = wp.clone();
         tokio::spawn(async move { server.serve(MemAcceptor(rx)).await });

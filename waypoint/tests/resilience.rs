@@ -36,8 +36,8 @@ spec:
       delay: {percentage: {value: 100.0}, fixedDelay: 2s}
     route: [{destination: {host: ratings, subset: v1}}]
 "#;
-    let snap = snapshot(&[&svc, &dr_subsets("default", "ratings", ""), vs]);
-    let (wp, addr) = waypoint(&snap).await;
+    let m = model(&[&svc, &dr_subsets("default", "ratings", ""), vs]);
+    let (wp, addr) = waypoint(&m).await;
     let c = client();
     let t = Instant::now();
     let g = get(&c, addr, "ratings:9080", "/", &[]).await;
@@ -60,12 +60,12 @@ async fn abort_half_with_independent_delay() {
         8080,
         &[("inventory-v1-x", "127.0.21.1", "v1")],
     );
-    let snap = snapshot(&[
+    let m = model(&[
         &svc,
         &dr_subsets("staging", "inventory-svc", ""),
         &fixture("fault-abort-delay.yaml"),
     ]);
-    let (_wp, addr) = waypoint(&snap).await;
+    let (_wp, addr) = waypoint(&m).await;
     let c = client();
     let n = 400;
     let tasks: Vec<_> = (0..n)
@@ -120,7 +120,7 @@ async fn retries_hide_flaky_backend_and_stop_at_attempts() {
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: flaky, namespace: default}}\nspec:\n  hosts: [flaky]\n  http:\n  - route: [{{destination: {{host: flaky}}}}]\n    retries: {{attempts: {attempts}, perTryTimeout: 1s, retryOn: 5xx}}\n"
         )
     };
-    let (wp, addr) = waypoint(&snapshot(&[&svc, &vs(3)])).await;
+    let (wp, addr) = waypoint(&model(&[&svc, &vs(3)])).await;
     let c = client();
     for i in 0..10 {
         let g = get(&c, addr, "flaky", "/", &[]).await;
@@ -137,7 +137,7 @@ async fn retries_hide_flaky_backend_and_stop_at_attempts() {
         8080,
         &[("bad-1", "127.0.22.2", "v1")],
     );
-    wp.update(&snapshot(&[&svc2, &vs(2)]));
+    wp.update(&model(&[&svc2, &vs(2)]));
     let g = get(&c, addr, "flaky", "/", &[]).await;
     assert_eq!(g.status, 503);
     assert_eq!(bad.hits(), 3);
@@ -160,7 +160,7 @@ async fn route_timeout_fires_with_ut() {
         &[("slow-1", "127.0.23.1", "v1")],
     );
     let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: slow, namespace: default}\nspec:\n  hosts: [slow]\n  http:\n  - route: [{destination: {host: slow}}]\n    timeout: 500ms\n    retries: {attempts: 0}\n";
-    let (wp, addr) = waypoint(&snapshot(&[&svc, vs])).await;
+    let (wp, addr) = waypoint(&model(&[&svc, vs])).await;
     let c = client();
     let t = Instant::now();
     let g = get(&c, addr, "slow", "/", &[]).await;
@@ -178,7 +178,7 @@ async fn route_timeout_fires_with_ut() {
 
     // Per-try timeout with retries: 3 tries of 300 ms each, all inside a 2 s route timeout.
     let vs2 = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: slow, namespace: default}\nspec:\n  hosts: [slow]\n  http:\n  - route: [{destination: {host: slow}}]\n    timeout: 2s\n    retries: {attempts: 2, perTryTimeout: 300ms, retryOn: reset}\n";
-    wp.update(&snapshot(&[&svc, vs2]));
+    wp.update(&model(&[&svc, vs2]));
     let t = Instant::now();
     let g = get(&c, addr, "slow", "/", &[]).await;
     let e = t.elapsed();
@@ -206,7 +206,7 @@ async fn outlier_ejects_grows_and_returns() {
     );
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: default}\nspec:\n  host: web\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 100}\n";
     let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: default}\nspec:\n  hosts: [web]\n  http:\n  - route: [{destination: {host: web}}]\n    retries: {attempts: 0}\n";
-    let (_wp, addr) = waypoint(&snapshot(&[&svc, dr, vs])).await;
+    let (_wp, addr) = waypoint(&model(&[&svc, dr, vs])).await;
     let c = client();
     let run = |n: usize| {
         let c = c.clone();
@@ -251,8 +251,8 @@ async fn httpbin_circuit_breaker_overflows_with_uo() {
         8080,
         &[("httpbin-1", "127.0.25.1", "v1")],
     );
-    let snap = snapshot(&[&svc, &fixture("circuit-breaker-httpbin.yaml")]);
-    let (wp, addr) = waypoint(&snap).await;
+    let m = model(&[&svc, &fixture("circuit-breaker-httpbin.yaml")]);
+    let (wp, addr) = waypoint(&m).await;
     let c = client();
     let tasks: Vec<_> = (0..20)
         .map(|_| {

@@ -42,7 +42,7 @@ async fn hostile_clients_and_broken_upstreams() {
         &[("refused-1", "127.0.30.3", "v1")],
     );
     let svc_empty = "apiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: default}\nspec:\n  selector: {app: nothing}\n  ports: [{port: 80}]\n";
-    let (wp, addr) = waypoint(&snapshot(&[&svc_ok, &svc_reset, &svc_refused, svc_empty])).await;
+    let (wp, addr) = waypoint(&model(&[&svc_ok, &svc_reset, &svc_refused, svc_empty])).await;
     let c = client();
     let healthy = || async { assert_eq!(get(&client(), addr, "ok", "/", &[]).await.status, 200) };
 
@@ -135,7 +135,7 @@ async fn grpc_backend(addr: &str) {
 async fn grpc_trailers_pass_through_http2() {
     grpc_backend("127.0.31.1:50051").await;
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: default}\nspec:\n  selector: {app: echo}\n  ports: [{name: grpc, port: 50051, appProtocol: grpc}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: echo-1, namespace: default, labels: {app: echo}}\nstatus: {phase: Running, podIP: 127.0.31.1}\n";
-    let (_wp, addr) = waypoint(&snapshot(&[svc])).await;
+    let (_wp, addr) = waypoint(&model(&[svc])).await;
     let s = TcpStream::connect(addr).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),

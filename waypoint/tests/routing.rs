@@ -39,12 +39,12 @@ async fn reviews(net: u8) -> (Vec<Backend>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_90_10_split_within_tolerance() {
     let (_bs, svc) = reviews(10).await;
-    let snap = snapshot(&[
+    let m = model(&[
         &svc,
         &fixture("bookinfo-destination-rules.yaml"),
         &fixture("canary-90-10.yaml"),
     ]);
-    let (_wp, addr) = waypoint(&snap).await;
+    let (_wp, addr) = waypoint(&m).await;
     let c = client();
     let n = 2000;
     let mut counts: HashMap<String, u32> = HashMap::new();
@@ -76,12 +76,12 @@ async fn canary_90_10_split_within_tolerance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_rules_pick_subset() {
     let (_bs, svc) = reviews(11).await;
-    let snap = snapshot(&[
+    let m = model(&[
         &svc,
         &fixture("bookinfo-destination-rules.yaml"),
         &fixture("header-routing-test-canary.yaml"),
     ]);
-    let (_wp, addr) = waypoint(&snap).await;
+    let (_wp, addr) = waypoint(&m).await;
     let c = client();
     for _ in 0..20 {
         assert_eq!(
@@ -111,12 +111,12 @@ async fn header_rules_pick_subset() {
         );
     }
     // The jason fixture too, swapped in by hot reload.
-    let snap2 = snapshot(&[
+    let m2 = model(&[
         &svc,
         &fixture("bookinfo-destination-rules.yaml"),
         &fixture("header-routing-jason.yaml"),
     ]);
-    _wp.update(&snap2);
+    _wp.update(&m2);
     assert_eq!(
         get(&c, addr, "reviews:9080", "/", &[("end-user", "jason")])
             .await
@@ -144,8 +144,8 @@ async fn redirect_and_prefix_rewrite() {
         &[("service-1", "127.0.12.1", "v1")],
     );
     // The fixture has no namespace: it lands in `default` but names the FQDN explicitly.
-    let snap = snapshot(&[&svc, &fixture("redirect-rewrite.yaml")]);
-    let (_wp, addr) = waypoint(&snap).await;
+    let m = model(&[&svc, &fixture("redirect-rewrite.yaml")]);
+    let (_wp, addr) = waypoint(&m).await;
     let c = client();
     let host = "service.example.svc.cluster.local";
     let g = get(&c, addr, host, "/old-path", &[]).await;
@@ -173,7 +173,7 @@ spec:
       response: {set: {x-served-by: waypoint}, remove: [x-backend]}
     route: [{destination: {host: service}}]
 "#;
-    _wp.update(&snapshot(&[&svc, vs]));
+    _wp.update(&model(&[&svc, vs]));
     let g = get(&c, addr, "service.example:80", "/api/v1/users", &[]).await;
     assert_eq!(g.status, 200);
     assert_eq!(g.header("x-path"), "/v2/users");
@@ -197,8 +197,8 @@ async fn authorization_attached_to_the_service() {
     let pp = "apiVersion: v1\nkind: Pod\nmetadata: {name: productpage-v1-x, namespace: default, labels: {app: productpage}}\nspec: {serviceAccountName: bookinfo-productpage}\nstatus: {phase: Running, podIP: 127.0.0.1}\n";
     // Selector and namespace-wide policies are ztunnel's: Istio never applies them at a
     // waypoint, so the bookinfo fixture changes nothing here.
-    let snap = snapshot(&[&svc, pp, &fixture("authz-reviews.yaml")]);
-    let (wp, addr) = waypoint(&snap).await;
+    let m = model(&[&svc, pp, &fixture("authz-reviews.yaml")]);
+    let (wp, addr) = waypoint(&m).await;
     let c = client();
     assert_eq!(
         get(&c, addr, "reviews:9080", "/ratings/1", &[])
@@ -226,7 +226,7 @@ spec:
   - from: [{source: {principals: ["cluster.local/ns/default/sa/bookinfo-productpage"]}}]
     to: [{operation: {paths: ["/principal/*"]}}]
 "#;
-    wp.update(&snapshot(&[&svc, pp, attached]));
+    wp.update(&model(&[&svc, pp, attached]));
     assert_eq!(
         get(&c, addr, "reviews:9080", "/reviews/1", &[])
             .await
@@ -264,7 +264,7 @@ spec:
 
     // ALLOW without rules on the Service: deny-all.
     let deny_all = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: default}\nspec: {targetRefs: [{kind: Service, group: '', name: reviews}]}\n";
-    wp.update(&snapshot(&[&svc, pp, deny_all]));
+    wp.update(&model(&[&svc, pp, deny_all]));
     assert_eq!(
         get(&c, addr, "reviews:9080", "/reviews/1", &[])
             .await
@@ -293,7 +293,7 @@ spec:
   - match: [{uri: {prefix: /api/}}]
     route: [{destination: {host: reviews}}]
 "#;
-    let (_wp, addr) = waypoint(&snapshot(&[&svc, vs])).await;
+    let (_wp, addr) = waypoint(&model(&[&svc, vs])).await;
     let c = client();
     let g = get(&c, addr, "reviews:9080", "/x/../api/./v1/%61?q=/../y", &[]).await;
     assert_eq!((g.status, g.header("x-path")), (200, "/api/v1/a?q=/../y"));
@@ -313,7 +313,7 @@ spec:
         path_normalization: common::authz::PathNormalization::MergeSlashes,
         ..test_config()
     };
-    let (_wp, addr) = waypoint_with(cfg, &snapshot(&[&svc, vs])).await;
+    let (_wp, addr) = waypoint_with(cfg, &model(&[&svc, vs])).await;
     let g = get(&c, addr, "reviews:9080", "//api//a", &[]).await;
     assert_eq!((g.status, g.header("x-path")), (200, "/api/a"));
 }
@@ -321,12 +321,12 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_http1_and_h2_prior_knowledge() {
     let (_bs, svc) = reviews(14).await;
-    let snap = snapshot(&[
+    let m = model(&[
         &svc,
         &fixture("bookinfo-destination-rules.yaml"),
         &fixture("header-routing-jason.yaml"),
     ]);
-    let (_wp, addr) = waypoint(&snap).await;
+    let (_wp, addr) = waypoint(&m).await;
     for extra in [&[][..], &["--http2-prior-knowledge"][..]] {
         let out = tokio::process::Command::new("curl")
             .args([

@@ -294,12 +294,29 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Unimplemented>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port_level_settings: Option<Unimplemented>,
+    /// Per-port overrides; see [`crate::model::traffic`] for how they apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<Unimplemented>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<Unimplemented>,
+}
+
+/// One entry of `portLevelSettings`: the policy for one destination port.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Unimplemented>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

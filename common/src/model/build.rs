@@ -10,17 +10,17 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use super::{
-    host, BuildOptions, Model, PeerAuthnIdx, Service, ServiceId, ServicePort, Waypoint,
-    WaypointFor, WaypointRef, Workload, WorkloadId,
+    routing, AllowedNamespaces, BuildOptions, Model, PeerAuthnIdx, Service, ServiceId, ServicePort,
+    Waypoint, WaypointFor, WaypointRef, Workload, WorkloadId,
 };
 use crate::identity::Identity;
 use crate::istio::WorkloadSelector;
 use crate::k8s::{
-    self, IntOrString, Labels, Pod, CGROUP_ANNOTATION, DATAPLANE_MODE_LABEL,
+    self, Gateway, IntOrString, Labels, Pod, CGROUP_ANNOTATION, DATAPLANE_MODE_LABEL,
     EXCLUDE_INBOUND_PORTS_ANNOTATION, EXCLUDE_OUTBOUND_PORTS_ANNOTATION, GATEWAY_NAME_LABEL,
     NETNS_ANNOTATION, USE_WAYPOINT_LABEL, WAYPOINT_GATEWAY_CLASS,
 };
-use crate::resource::{DestinationRule, Kind, Resource};
+use crate::resource::{Kind, Resource};
 
 /// Label naming the namespace of the waypoint in `istio.io/use-waypoint` (cross-namespace).
 pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
@@ -134,7 +134,6 @@ pub(super) fn build(resources: Vec<Resource>, options: &BuildOptions) -> Model {
         }
     }
 
-    let empty = Labels::new();
     let index = PodIndex::new(&m.workloads);
 
     // Waypoints first: services and workloads refer to them.
@@ -171,6 +170,7 @@ pub(super) fn build(resources: Vec<Resource>, options: &BuildOptions) -> Model {
                 addresses,
             },
             waypoint_for,
+            allowed_namespaces: allowed_namespaces(g),
         });
     }
     let waypoint_map: HashMap<(&str, &str), &Waypoint> = waypoints
@@ -182,11 +182,18 @@ pub(super) fn build(resources: Vec<Resource>, options: &BuildOptions) -> Model {
             )
         })
         .collect();
+    // Istio's binding: the object's own `istio.io/use-waypoint` label, else its namespace's
+    // (`none` opts out and stops there); the namespace named by `use-waypoint-namespace` on the
+    // same object, else the object's; the waypoint must admit the object's namespace and serve
+    // this kind of traffic.
     let resolve_waypoint = |own: &Labels, ns: &str, for_services: bool| -> Option<WaypointRef> {
-        let ns_labels = m.namespaces.get(ns).unwrap_or(&empty);
+        let ns_labels = m.namespaces.get(ns);
         let (name, labels) = match own.get(USE_WAYPOINT_LABEL) {
             Some(n) => (n, own),
-            None => (ns_labels.get(USE_WAYPOINT_LABEL)?, ns_labels),
+            None => {
+                let l = ns_labels?;
+                (l.get(USE_WAYPOINT_LABEL)?, l)
+            }
         };
         if name == "none" {
             return None;
@@ -196,6 +203,9 @@ pub(super) fn build(resources: Vec<Resource>, options: &BuildOptions) -> Model {
             .map(String::as_str)
             .unwrap_or(ns);
         let wp = waypoint_map.get(&(wp_ns, name.as_str()))?;
+        if !wp.allows_namespace(ns, ns_labels) {
+            return None;
+        }
         let serves = if for_services {
             wp.waypoint_for.serves_services()
         } else {
@@ -229,11 +239,21 @@ pub(super) fn build(resources: Vec<Resource>, options: &BuildOptions) -> Model {
         ));
         endpoints.push(eps);
     }
-    let workload_waypoints: Vec<Option<WaypointRef>> = m
-        .workloads
-        .iter()
-        .map(|w| resolve_waypoint(&w.labels, &w.namespace, false))
-        .collect();
+    // A waypoint's own pods never go through a waypoint: they are the ones enforcing L7.
+    let workload_waypoints: Vec<Option<WaypointRef>> =
+        m.workloads
+            .iter()
+            .map(|w| {
+                let instance = w.labels.get(GATEWAY_NAME_LABEL).is_some_and(|gw| {
+                    waypoint_map.contains_key(&(w.namespace.as_str(), gw.as_str()))
+                });
+                if instance {
+                    None
+                } else {
+                    resolve_waypoint(&w.labels, &w.namespace, false)
+                }
+            })
+            .collect();
 
     // Policies bound by selector.
     let pa_idx = peer_authn_index(&m, &index);
@@ -275,9 +295,34 @@ pub(super) fn build(resources: Vec<Resource>, options: &BuildOptions) -> Model {
     }
     m.services = services;
 
-    index_virtual_services(&mut m);
-    merge_destination_rules(&mut m);
+    routing::index_virtual_services(&mut m);
+    routing::merge_destination_rules(&mut m);
     m
+}
+
+/// The namespaces a waypoint admits: the `allowedRoutes` of its HBONE listener (15008), as
+/// Istio reads them; `Same` without such a listener.
+fn allowed_namespaces(g: &Gateway) -> AllowedNamespaces {
+    let Some(rn) = g
+        .spec
+        .listeners
+        .iter()
+        .find(|l| l.protocol == "HBONE" && l.port == 15008)
+        .and_then(|l| l.allowed_routes.as_ref())
+        .and_then(|a| a.namespaces.as_ref())
+    else {
+        return AllowedNamespaces::Same;
+    };
+    match rn.from.as_deref() {
+        Some("All") => AllowedNamespaces::All,
+        Some("Selector") => AllowedNamespaces::Selector(
+            rn.selector
+                .as_ref()
+                .filter(|s| s.match_expressions.is_empty())
+                .map(|s| s.match_labels.clone()),
+        ),
+        _ => AllowedNamespaces::Same,
+    }
 }
 
 fn workload_from_pod(p: Pod, namespaces: &BTreeMap<String, Labels>, td: &str) -> Option<Workload> {
@@ -501,55 +546,5 @@ fn authz_index(m: &Model, index: &PodIndex) -> AuthzIndex {
         by_namespace: by_ns,
         by_target,
         per_workload,
-    }
-}
-
-fn binds_mesh(gateways: &[String]) -> bool {
-    gateways.is_empty() || gateways.iter().any(|g| g == "mesh")
-}
-
-fn index_virtual_services(m: &mut Model) {
-    for (i, vs) in m.virtual_services.iter().enumerate() {
-        if !binds_mesh(&vs.spec.gateways) {
-            continue;
-        }
-        for h in &vs.spec.hosts {
-            let fqdn = host::resolve_resource_host(h, vs.namespace(), &m.cluster_domain);
-            if fqdn.starts_with('*') {
-                m.vs_wildcard.push((fqdn, i as u32));
-            } else {
-                let list = m.vs_by_host.entry(fqdn).or_default();
-                if !list.contains(&(i as u32)) {
-                    list.push(i as u32);
-                }
-            }
-        }
-    }
-}
-
-/// Istio merges DestinationRules for the same host in the same namespace: subsets are
-/// appended (first definition of a name wins) and the first rule with a traffic policy
-/// supplies it.
-fn merge_destination_rules(m: &mut Model) {
-    for dr in &m.destination_rules {
-        let fqdn = host::resolve_resource_host(&dr.spec.host, dr.namespace(), &m.cluster_domain);
-        let key = (dr.namespace().to_string(), fqdn);
-        match m.merged_drs.get_mut(&key) {
-            None => {
-                m.merged_drs.insert(key, dr.clone());
-            }
-            Some(merged) => merge_into(merged, dr),
-        }
-    }
-}
-
-fn merge_into(merged: &mut DestinationRule, dr: &DestinationRule) {
-    if merged.spec.traffic_policy.is_none() {
-        merged.spec.traffic_policy = dr.spec.traffic_policy.clone();
-    }
-    for s in &dr.spec.subsets {
-        if !merged.spec.subsets.iter().any(|ms| ms.name == s.name) {
-            merged.spec.subsets.push(s.clone());
-        }
     }
 }

@@ -11,8 +11,9 @@ use crate::resource::Kind;
 pub(crate) fn parse(yaml: &str) -> Vec<Resource> {
     use serde::Deserialize;
     serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| {
-            let v = serde_yaml::Value::deserialize(doc).unwrap();
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .map(|v| {
             let kind = Kind::from_api(
                 v["apiVersion"].as_str().unwrap(),
                 v["kind"].as_str().unwrap(),

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use super::Checker;
 use crate::diagnostic::{codes, Severity};
 use crate::istio::networking::{
-    DestinationRuleSpec, HttpRoute, StringMatch, TrafficPolicy, VirtualServiceSpec,
+    ConnectionPoolSettings, DestinationRuleSpec, HttpRoute, LoadBalancerSettings, OutlierDetection,
+    StringMatch, TrafficPolicy, VirtualServiceSpec,
 };
 
 pub(super) fn virtual_service(spec: &VirtualServiceSpec, c: &mut Checker) {
@@ -260,10 +261,53 @@ pub(super) fn destination_rule(spec: &DestinationRuleSpec, c: &mut Checker) {
 
 fn traffic_policy(tp: &TrafficPolicy, p: &str, c: &mut Checker) {
     c.unimplemented(&tp.tls, || format!("{p}.tls"));
-    c.unimplemented(&tp.port_level_settings, || format!("{p}.portLevelSettings"));
     c.unimplemented(&tp.tunnel, || format!("{p}.tunnel"));
     c.unimplemented(&tp.proxy_protocol, || format!("{p}.proxyProtocol"));
-    if let Some(lb) = &tp.load_balancer {
+    policy_parts(
+        tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
+        p,
+        c,
+    );
+    let mut ports = HashSet::new();
+    for (i, pl) in tp.port_level_settings.iter().enumerate() {
+        let pp = format!("{p}.portLevelSettings[{i}]");
+        match &pl.port {
+            None => c.error(format!("{pp}.port"), "required field is missing"),
+            Some(sel) if sel.number == 0 || sel.number > 65535 => c.error(
+                format!("{pp}.port.number"),
+                format!("port {} is not in 1-65535", sel.number),
+            ),
+            Some(sel) => {
+                if !ports.insert(sel.number) {
+                    c.error(
+                        format!("{pp}.port.number"),
+                        format!("port {} has more than one entry", sel.number),
+                    );
+                }
+            }
+        }
+        c.unimplemented(&pl.tls, || format!("{pp}.tls"));
+        policy_parts(
+            pl.load_balancer.as_ref(),
+            pl.connection_pool.as_ref(),
+            pl.outlier_detection.as_ref(),
+            &pp,
+            c,
+        );
+    }
+}
+
+/// The parts a traffic policy and its port-level entries share.
+fn policy_parts(
+    load_balancer: Option<&LoadBalancerSettings>,
+    connection_pool: Option<&ConnectionPoolSettings>,
+    outlier_detection: Option<&OutlierDetection>,
+    p: &str,
+    c: &mut Checker,
+) {
+    if let Some(lb) = load_balancer {
         let lp = format!("{p}.loadBalancer");
         c.unimplemented(&lb.consistent_hash, || format!("{lp}.consistentHash"));
         c.unimplemented(&lb.locality_lb_setting, || {
@@ -273,7 +317,7 @@ fn traffic_policy(tp: &TrafficPolicy, p: &str, c: &mut Checker) {
             format!("{lp}.warmupDurationSecs")
         });
     }
-    if let Some(cp) = &tp.connection_pool {
+    if let Some(cp) = connection_pool {
         if let Some(t) = &cp.tcp {
             let tp = format!("{p}.connectionPool.tcp");
             c.non_negative(t.max_connections, || format!("{tp}.maxConnections"));
@@ -302,7 +346,7 @@ fn traffic_policy(tp: &TrafficPolicy, p: &str, c: &mut Checker) {
             }
         }
     }
-    if let Some(o) = &tp.outlier_detection {
+    if let Some(o) = outlier_detection {
         let op = format!("{p}.outlierDetection");
         c.non_negative(o.consecutive_errors, || format!("{op}.consecutiveErrors"));
         c.deprecated(

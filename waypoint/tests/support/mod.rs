@@ -1,6 +1,7 @@
 //! Test support for the waypoint's integration tests: scriptable hyper backends on loopback
 //! addresses (127.0.0.0/8 is all local on Linux, so every "pod" gets its own IP), YAML config
-//! builders, a waypoint on an ephemeral plaintext port and a hyper client.
+//! builders (models built by `common`'s loader, as the binary's source builds them), a
+//! waypoint on an ephemeral plaintext port and a hyper client.
 
 #![allow(dead_code)]
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::Model;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -19,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use waypoint::config::{MeshSnapshot, WaypointConfig};
+use waypoint::config::WaypointConfig;
 use waypoint::Waypoint;
 
 /// What a backend does with its n-th request (0-based).
@@ -129,13 +131,21 @@ pub fn service_yaml(
     y
 }
 
-pub fn snapshot(yaml: &[&str]) -> MeshSnapshot {
-    let mut s = MeshSnapshot::default();
-    for (i, y) in yaml.iter().enumerate() {
-        s.add_yaml(y, std::path::Path::new(&format!("test-{i}.yaml")))
-            .unwrap();
+/// A model of the YAML documents, loaded and validated by `common` as one file (a resource
+/// defined twice, or any error, fails the test).
+pub fn model(yaml: &[&str]) -> Model {
+    let text = yaml
+        .iter()
+        .map(|y| y.trim_end().trim_end_matches("---").trim_end())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let loaded = common::load::load_str(std::path::Path::new("test.yaml"), &text);
+    for w in loaded.warnings() {
+        eprintln!("config warning: {w}");
     }
-    s
+    loaded
+        .into_model(&common::BuildOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn fixture(name: &str) -> String {
@@ -152,12 +162,12 @@ pub fn test_config() -> WaypointConfig {
 }
 
 /// Starts a waypoint; returns it and its plaintext address.
-pub async fn waypoint(snap: &MeshSnapshot) -> (Waypoint, SocketAddr) {
-    waypoint_with(test_config(), snap).await
+pub async fn waypoint(model: &Model) -> (Waypoint, SocketAddr) {
+    waypoint_with(test_config(), model).await
 }
 
-pub async fn waypoint_with(cfg: WaypointConfig, snap: &MeshSnapshot) -> (Waypoint, SocketAddr) {
-    let wp = Waypoint::new(cfg, snap);
+pub async fn waypoint_with(cfg: WaypointConfig, model: &Model) -> (Waypoint, SocketAddr) {
+    let wp = Waypoint::new(cfg, model);
     for w in &wp.tables().warnings {
         eprintln!("config warning: {w}");
     }
