@@ -1,18 +1,22 @@
 //! Prometheus metrics with Istio's names and labels (`istio_tcp_*`), served on 15020.
 //!
 //! Per-connection counters are resolved once when the connection is admitted ([`ConnMetrics`]);
-//! the data path then only does relaxed atomic adds.
+//! the data path then only does relaxed atomic adds. Label names and the typed values come from
+//! `common::telemetry`, shared with the waypoint.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use common::telemetry::{
+    label, LabelWriter, Reporter, RequestProtocol, ResponseFlags, SecurityPolicy,
+};
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 /// Istio's TCP telemetry labels.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct TcpLabels {
-    pub reporter: String,
+    pub reporter: Reporter,
     pub source_workload: String,
     pub source_canonical_service: String,
     pub source_canonical_revision: String,
@@ -32,9 +36,81 @@ pub struct TcpLabels {
     pub destination_app: String,
     pub destination_version: String,
     pub destination_cluster: String,
-    pub request_protocol: String,
-    pub response_flags: String,
-    pub connection_security_policy: String,
+    pub request_protocol: RequestProtocol,
+    pub response_flags: ResponseFlags,
+    pub connection_security_policy: SecurityPolicy,
+}
+
+impl EncodeLabelSet for TcpLabels {
+    fn encode(&self, encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        LabelWriter::new(encoder)
+            .label(label::REPORTER, self.reporter)?
+            .label(label::SOURCE_WORKLOAD, self.source_workload.as_str())?
+            .label(
+                label::SOURCE_CANONICAL_SERVICE,
+                self.source_canonical_service.as_str(),
+            )?
+            .label(
+                label::SOURCE_CANONICAL_REVISION,
+                self.source_canonical_revision.as_str(),
+            )?
+            .label(
+                label::SOURCE_WORKLOAD_NAMESPACE,
+                self.source_workload_namespace.as_str(),
+            )?
+            .label(label::SOURCE_PRINCIPAL, self.source_principal.as_str())?
+            .label(label::SOURCE_APP, self.source_app.as_str())?
+            .label(label::SOURCE_VERSION, self.source_version.as_str())?
+            .label(label::SOURCE_CLUSTER, self.source_cluster.as_str())?
+            .label(
+                label::DESTINATION_SERVICE,
+                self.destination_service.as_str(),
+            )?
+            .label(
+                label::DESTINATION_SERVICE_NAMESPACE,
+                self.destination_service_namespace.as_str(),
+            )?
+            .label(
+                label::DESTINATION_SERVICE_NAME,
+                self.destination_service_name.as_str(),
+            )?
+            .label(
+                label::DESTINATION_WORKLOAD,
+                self.destination_workload.as_str(),
+            )?
+            .label(
+                label::DESTINATION_CANONICAL_SERVICE,
+                self.destination_canonical_service.as_str(),
+            )?
+            .label(
+                label::DESTINATION_CANONICAL_REVISION,
+                self.destination_canonical_revision.as_str(),
+            )?
+            .label(
+                label::DESTINATION_WORKLOAD_NAMESPACE,
+                self.destination_workload_namespace.as_str(),
+            )?
+            .label(
+                label::DESTINATION_PRINCIPAL,
+                self.destination_principal.as_str(),
+            )?
+            .label(label::DESTINATION_APP, self.destination_app.as_str())?
+            .label(
+                label::DESTINATION_VERSION,
+                self.destination_version.as_str(),
+            )?
+            .label(
+                label::DESTINATION_CLUSTER,
+                self.destination_cluster.as_str(),
+            )?
+            .label(label::REQUEST_PROTOCOL, self.request_protocol)?
+            .label(label::RESPONSE_FLAGS, self.response_flags)?
+            .label(
+                label::CONNECTION_SECURITY_POLICY,
+                self.connection_security_policy,
+            )?;
+        Ok(())
+    }
 }
 
 /// All of ztunnel's metrics.

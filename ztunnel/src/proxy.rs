@@ -15,6 +15,7 @@ use crate::identity::{CertManager, IdentityCert};
 use crate::inpod::SocketFactory;
 use crate::metrics::{Metrics, TcpLabels};
 use crate::state::{Service, StateHandle, Workload};
+use common::telemetry::{self, Reporter, RequestProtocol, ResponseFlags, SecurityPolicy};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -296,16 +297,16 @@ pub(crate) async fn accept_loop<F>(
 /// Builds Istio's TCP labels.
 pub(crate) fn tcp_labels(
     cfg: &Config,
-    reporter: &str,
+    reporter: Reporter,
     src: Option<&Workload>,
     src_principal: Option<String>,
     dst: Option<&Workload>,
     svc: Option<&Service>,
-    security: &str,
+    security: SecurityPolicy,
 ) -> TcpLabels {
-    let unknown = || "unknown".to_string();
+    let unknown = || telemetry::UNKNOWN.to_string();
     TcpLabels {
-        reporter: reporter.into(),
+        reporter,
         source_workload: src.map(|w| w.name.clone()).unwrap_or_else(unknown),
         source_canonical_service: src
             .map(|w| w.canonical_name.clone())
@@ -341,9 +342,9 @@ pub(crate) fn tcp_labels(
             .map(|w| w.canonical_revision.clone())
             .unwrap_or_else(unknown),
         destination_cluster: cfg.cluster.clone(),
-        request_protocol: "tcp".into(),
-        response_flags: "-".into(),
-        connection_security_policy: security.into(),
+        request_protocol: RequestProtocol::Tcp,
+        response_flags: ResponseFlags::NONE,
+        connection_security_policy: security,
     }
 }
 
