@@ -74,6 +74,52 @@ pub mod label {
     pub const RESPONSE_FLAGS: &str = "response_flags";
     /// How the connection was secured: see [`super::SecurityPolicy`].
     pub const CONNECTION_SECURITY_POLICY: &str = "connection_security_policy";
+
+    /// The names of one side's workload labels, so code that writes both sides writes them
+    /// once.
+    #[derive(Clone, Copy, Debug)]
+    pub struct PeerNames {
+        /// `*_workload`.
+        pub workload: &'static str,
+        /// `*_workload_namespace`.
+        pub workload_namespace: &'static str,
+        /// `*_principal`.
+        pub principal: &'static str,
+        /// `*_app`.
+        pub app: &'static str,
+        /// `*_version`.
+        pub version: &'static str,
+        /// `*_canonical_service`.
+        pub canonical_service: &'static str,
+        /// `*_canonical_revision`.
+        pub canonical_revision: &'static str,
+        /// `*_cluster`.
+        pub cluster: &'static str,
+    }
+
+    /// The client side's workload label names.
+    pub const SOURCE: PeerNames = PeerNames {
+        workload: SOURCE_WORKLOAD,
+        workload_namespace: SOURCE_WORKLOAD_NAMESPACE,
+        principal: SOURCE_PRINCIPAL,
+        app: SOURCE_APP,
+        version: SOURCE_VERSION,
+        canonical_service: SOURCE_CANONICAL_SERVICE,
+        canonical_revision: SOURCE_CANONICAL_REVISION,
+        cluster: SOURCE_CLUSTER,
+    };
+
+    /// The server side's workload label names.
+    pub const DESTINATION: PeerNames = PeerNames {
+        workload: DESTINATION_WORKLOAD,
+        workload_namespace: DESTINATION_WORKLOAD_NAMESPACE,
+        principal: DESTINATION_PRINCIPAL,
+        app: DESTINATION_APP,
+        version: DESTINATION_VERSION,
+        canonical_service: DESTINATION_CANONICAL_SERVICE,
+        canonical_revision: DESTINATION_CANONICAL_REVISION,
+        cluster: DESTINATION_CLUSTER,
+    };
 }
 
 /// Defines a label-value enum: each variant with the exact spelling Istio exports, shown by

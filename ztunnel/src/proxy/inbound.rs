@@ -288,7 +288,7 @@ where
     let start = Instant::now();
     let reporter = labels.reporter;
     let security = labels.connection_security_policy;
-    let src_principal = labels.source_principal.clone();
+    let src_principal = labels.source.principal.clone();
     let m = inputs.metrics.connection(labels);
     let meter = inputs.orig_dst.flow_meter(std::os::fd::AsFd::as_fd(&up));
     let mut metered = super::copy::Metered::new(&mut up, meter);
