@@ -11,9 +11,11 @@ pub mod istio;
 pub mod k8s;
 pub mod load;
 pub mod model;
+pub mod ports;
 pub mod resource;
 pub mod source;
 pub mod synth;
+pub mod telemetry;
 pub mod validate;
 
 pub use diagnostic::{Diagnostic, Severity};

@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use common::telemetry::{ResponseFlag, ResponseFlags};
 use tokio::time::Instant;
 
 use crate::metrics::{Metrics, RequestLabels};
@@ -93,15 +94,12 @@ impl Completion {
 }
 
 /// Envoy prints flags in a fixed order regardless of when they were raised.
-const FLAG_ORDER: [&str; 14] = [
-    "UH", "UT", "UF", "UC", "UO", "NR", "DI", "FI", "DC", "URX", "RBAC", "NC", "LR", "UR",
-];
-
 fn join_flags(flags: &mut [&'static str]) -> String {
     if flags.is_empty() {
-        return "-".to_string();
+        return ResponseFlags::NONE.to_string();
     }
-    flags.sort_by_key(|f| FLAG_ORDER.iter().position(|o| o == f).unwrap_or(usize::MAX));
+    flags
+        .sort_by_key(|f| ResponseFlag::from_label(f).map_or(usize::MAX, ResponseFlag::print_order));
     flags.join(",")
 }
 

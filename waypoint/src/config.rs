@@ -11,13 +11,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// HBONE listener (Istio's port).
-pub const HBONE_PORT: u16 = 15008;
+pub const HBONE_PORT: u16 = common::ports::HBONE;
 /// Admin (`/config_dump`).
-pub const ADMIN_PORT: u16 = 15000;
+pub const ADMIN_PORT: u16 = common::ports::ADMIN;
 /// Prometheus metrics.
-pub const METRICS_PORT: u16 = 15020;
+pub const METRICS_PORT: u16 = common::ports::METRICS;
 /// Readiness (`/healthz/ready`).
-pub const READINESS_PORT: u16 = 15021;
+pub const READINESS_PORT: u16 = common::ports::READINESS;
 /// Default time a client has to send complete request headers (slow-loris guard).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on request header bytes (Envoy's default is 60 KiB); beyond: 431.

@@ -1,12 +1,13 @@
 //! Istio's standard request metrics, served in Prometheus text format on 15020.
 //!
 //! `istio_requests_total`, `istio_request_duration_milliseconds`, `istio_request_bytes` and
-//! `istio_response_bytes`, with Istio's label names and `reporter="waypoint"`. Label values are
-//! `Arc<str>` shared with the compiled tables, so recording a request clones pointers, not
-//! strings.
+//! `istio_response_bytes`, with Istio's label names and typed values from `common::telemetry`
+//! (shared with ztunnel) and `reporter="waypoint"`. Label values are `Arc<str>` shared with the
+//! compiled tables, so recording a request clones pointers, not strings.
 
 use std::sync::Arc;
 
+use common::telemetry::{label, LabelWriter, Reporter, SecurityPolicy, DEFAULT_CLUSTER};
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -43,40 +44,41 @@ pub struct RequestLabels {
 
 impl EncodeLabelSet for RequestLabels {
     fn encode(&self, encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        let code = self.response_code.to_string();
-        [
-            ("reporter", "waypoint"),
-            ("source_workload", &*self.source_workload),
-            (
-                "source_workload_namespace",
+        LabelWriter::new(encoder)
+            .label(label::REPORTER, Reporter::Waypoint)?
+            .label(label::SOURCE_WORKLOAD, &*self.source_workload)?
+            .label(
+                label::SOURCE_WORKLOAD_NAMESPACE,
                 &*self.source_workload_namespace,
-            ),
-            ("source_principal", &*self.source_principal),
-            ("source_app", &*self.source_app),
-            ("source_version", &*self.source_version),
-            ("source_cluster", "Kubernetes"),
-            ("destination_workload", &*self.destination_workload),
-            (
-                "destination_workload_namespace",
+            )?
+            .label(label::SOURCE_PRINCIPAL, &*self.source_principal)?
+            .label(label::SOURCE_APP, &*self.source_app)?
+            .label(label::SOURCE_VERSION, &*self.source_version)?
+            .label(label::SOURCE_CLUSTER, DEFAULT_CLUSTER)?
+            .label(label::DESTINATION_WORKLOAD, &*self.destination_workload)?
+            .label(
+                label::DESTINATION_WORKLOAD_NAMESPACE,
                 &*self.destination_workload_namespace,
-            ),
-            ("destination_principal", &*self.destination_principal),
-            ("destination_app", &*self.destination_app),
-            ("destination_version", &*self.destination_version),
-            ("destination_service", &*self.destination_service),
-            ("destination_service_name", &*self.destination_service_name),
-            (
-                "destination_service_namespace",
+            )?
+            .label(label::DESTINATION_PRINCIPAL, &*self.destination_principal)?
+            .label(label::DESTINATION_APP, &*self.destination_app)?
+            .label(label::DESTINATION_VERSION, &*self.destination_version)?
+            .label(label::DESTINATION_SERVICE, &*self.destination_service)?
+            .label(
+                label::DESTINATION_SERVICE_NAME,
+                &*self.destination_service_name,
+            )?
+            .label(
+                label::DESTINATION_SERVICE_NAMESPACE,
                 &*self.destination_service_namespace,
-            ),
-            ("destination_cluster", "Kubernetes"),
-            ("request_protocol", self.request_protocol),
-            ("response_code", &code),
-            ("grpc_response_status", &*self.grpc_response_status),
-            ("response_flags", &*self.response_flags),
-            ("connection_security_policy", "mutual_tls"),
-        ]
-        .encode(encoder)
+            )?
+            .label(label::DESTINATION_CLUSTER, DEFAULT_CLUSTER)?
+            .label(label::REQUEST_PROTOCOL, self.request_protocol)?
+            .label(label::RESPONSE_CODE, self.response_code)?
+            .label(label::GRPC_RESPONSE_STATUS, &*self.grpc_response_status)?
+            .label(label::RESPONSE_FLAGS, &*self.response_flags)?
+            .label(label::CONNECTION_SECURITY_POLICY, SecurityPolicy::MutualTls)?;
+        Ok(())
     }
 }
 

@@ -72,7 +72,7 @@ impl WorkloadInfo {
                 .get(a)
                 .or_else(|| labels.get(b))
                 .map(|s| Arc::from(s.as_str()))
-                .unwrap_or_else(|| Arc::from("unknown"))
+                .unwrap_or_else(|| Arc::from(common::telemetry::UNKNOWN))
         };
         WorkloadInfo {
             name: Arc::from(workload_name(pod_name)),

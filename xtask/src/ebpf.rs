@@ -7,7 +7,8 @@
 //!   loads the toolchain's own LLVM at run time. Depends on rustup's download server, so every
 //!   download step has a short timeout.
 //! - route 1 (fallback, package registries only): Debian's `rustc-web` (1.96, ships its std
-//!   sources) with `RUSTC_BOOTSTRAP=1`, and `bpf-linker@0.13.0` built against `llvm-22-dev`.
+//!   sources) with `RUSTC_BOOTSTRAP=1`, and `bpf-linker@0.13.0` built against `llvm-22-dev`;
+//!   its Debian packages are installed by `crate::deps` when missing.
 //!
 //! The route that worked is remembered in `target/bpf-tools/route.json`; later runs reuse it
 //! and only rebuild the programs. The object lands at a stable path, [`OBJECT_RELATIVE`],
@@ -25,6 +26,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::deps::Need;
+
 /// Where the built object is copied, relative to the workspace root.
 pub const OBJECT_RELATIVE: &str = "target/ebpf/mesh-capture.o";
 /// Forces a route (`1` or `2`) instead of trying route 2 first.
@@ -33,9 +36,9 @@ pub const ROUTE_ENV: &str = "MESH_EBPF_ROUTE";
 const ROUTE2_LINKER: &str = "bpf-linker@0.10.3";
 const ROUTE1_LINKER: &str = "bpf-linker@0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+/// Debian's `rustc-web` compiler (route 1).
+pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "rustc-web", "rust-web-src"];
 /// Downloads from rustup's server: if it is slow it is probably unreachable; fall back.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Building bpf-linker takes ~3 minutes on 2 cores; allow for a busy machine.
@@ -185,21 +188,7 @@ fn setup(route: u8, tools: &Path) -> Result<PathBuf> {
             )
         }
         1 => {
-            let have = |p: &str| Path::new(p).exists();
-            let sources_present = Path::new("/usr/lib/rustlib/src/rust/library/core").exists();
-            if !have(&format!("{LLVM_PREFIX}/bin/llvm-config"))
-                || !have(DEBIAN_RUSTC)
-                || !sources_present
-            {
-                run(
-                    Command::new("apt-get")
-                        .args(["install", "-y", "--no-install-recommends"])
-                        .args(APT_PACKAGES)
-                        .env("DEBIAN_FRONTEND", "noninteractive"),
-                    INSTALL_TIMEOUT,
-                )
-                .context("apt-get install (needs root and the Debian package mirror)")?;
-            }
+            crate::deps::ensure(&[Need::EbpfRoute1])?;
             let root = tools.join("route1-bpf-linker-0.13.0");
             install_linker(
                 Command::new("cargo")

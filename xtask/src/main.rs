@@ -6,7 +6,10 @@
 //! - `e2e`: only the end-to-end suite (real namespaces, real eBPF, real clients).
 //! - `demo [--keep]`: bring up the local mesh from `deploy/local/` and walk through it.
 //! - `bench [scenario]`: measure the mesh against baselines in the same run.
+//! - `deps [--for task]`: install the system packages the tasks use (each task above installs
+//!   its own before it starts).
 
+mod deps;
 mod ebpf;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +17,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use deps::Need;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -58,6 +62,12 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
+    /// Install the missing system packages that `test`, `demo` and `bench` use (as root).
+    Deps {
+        /// Only those this task uses (repeatable; default: test, demo and bench).
+        #[arg(long = "for", value_enum)]
+        needs: Vec<Need>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -73,6 +83,7 @@ fn main() -> Result<()> {
             build_all(&root)?;
         }
         Task::Test { args } => {
+            deps::ensure(&[Need::Test])?;
             let bins = build_all(&root)?;
             cargo(
                 &["test", "--workspace", "--exclude", "mesh-tests"],
@@ -83,21 +94,31 @@ fn main() -> Result<()> {
             e2e(&bins, &args)?;
         }
         Task::E2e { args } => {
+            deps::ensure(&[Need::Test])?;
             let bins = build_all(&root)?;
             e2e(&bins, &args)?;
         }
         Task::Demo { keep, config } => {
+            deps::ensure(&[Need::Demo])?;
             build_all(&root)?;
             let config = config.unwrap_or_else(|| root.join("deploy/local"));
             run_harness_bin(&root, "mesh-demo", &demo_args(&config, keep))?;
         }
         Task::Bench { scenario, runs } => {
+            deps::ensure(&[Need::Bench])?;
             build_all(&root)?;
             let mut args = vec!["--runs".to_string(), runs.to_string()];
             if let Some(s) = scenario {
                 args.push(s);
             }
             run_harness_bin(&root, "mesh-bench", &args)?;
+        }
+        Task::Deps { needs } => {
+            if needs.is_empty() {
+                deps::ensure(&[Need::Test, Need::Demo, Need::Bench])?;
+            } else {
+                deps::ensure(&needs)?;
+            }
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! ztunnel configuration: defaults and environment names as consts, validated once and frozen
 //! into an `Arc<Config>` (serializable, so `/config_dump` shows it).
 
+use common::ports;
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -25,18 +26,26 @@ pub const ENV_CERT_LIFETIME: &str = "ZTUNNEL_CERT_LIFETIME_SECS";
 /// Env: eBPF object path.
 pub const ENV_EBPF_OBJECT: &str = "MESH_EBPF_OBJECT";
 
-pub const DEFAULT_ADMIN_PORT: u16 = 15000;
-pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
-pub const DEFAULT_INBOUND_PLAINTEXT_PORT: u16 = 15006;
-pub const DEFAULT_HBONE_PORT: u16 = 15008;
-pub const DEFAULT_METRICS_PORT: u16 = 15020;
-pub const DEFAULT_READINESS_PORT: u16 = 15021;
+pub const DEFAULT_ADMIN_PORT: u16 = ports::ADMIN;
+pub const DEFAULT_OUTBOUND_PORT: u16 = ports::OUTBOUND;
+pub const DEFAULT_INBOUND_PLAINTEXT_PORT: u16 = ports::INBOUND_PLAINTEXT;
+pub const DEFAULT_HBONE_PORT: u16 = ports::HBONE;
+pub const DEFAULT_METRICS_PORT: u16 = ports::METRICS;
+pub const DEFAULT_READINESS_PORT: u16 = ports::READINESS;
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_CA_DIR: &str = "/var/run/mesh/ca";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_POOL_IDLE: Duration = Duration::from_secs(300);
 pub const DEFAULT_POOL_MAX_STREAMS: usize = 100;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+// The kernel programs redirect to their own copies of the capture ports (they cannot use
+// `common`); a mismatch would send captured traffic to a port nobody listens on.
+const _: () = assert!(
+    ebpf_common::OUTBOUND_PORT == ports::OUTBOUND
+        && ebpf_common::INBOUND_PLAINTEXT_PORT == ports::INBOUND_PLAINTEXT
+        && ebpf_common::HBONE_PORT == ports::HBONE
+);
 
 /// How pod traffic reaches ztunnel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -87,7 +96,7 @@ impl Config {
             config_dir: None,
             ca_dir: None,
             trust_domain: common::identity::DEFAULT_TRUST_DOMAIN.to_string(),
-            cluster: "Kubernetes".to_string(),
+            cluster: common::telemetry::DEFAULT_CLUSTER.to_string(),
             cert_lifetime: DEFAULT_CERT_LIFETIME,
             admin_addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), DEFAULT_ADMIN_PORT),
             metrics_addr: SocketAddr::new(any, DEFAULT_METRICS_PORT),

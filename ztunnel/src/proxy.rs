@@ -11,8 +11,9 @@ pub mod outbound;
 
 use crate::config::{CaptureMode, Config};
 use crate::inpod::SocketFactory;
-use crate::metrics::{Metrics, TcpLabels};
+use crate::metrics::{Metrics, PeerLabels, TcpLabels};
 use crate::state::{Service, StateHandle, Workload};
+use common::telemetry::{self, Reporter, RequestProtocol, ResponseFlags, SecurityPolicy};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -296,54 +297,37 @@ pub(crate) async fn accept_loop<F>(
 /// Builds Istio's TCP labels.
 pub(crate) fn tcp_labels(
     cfg: &Config,
-    reporter: &str,
+    reporter: Reporter,
     src: Option<&Workload>,
     src_principal: Option<String>,
     dst: Option<&Workload>,
     svc: Option<&Service>,
-    security: &str,
+    security: SecurityPolicy,
 ) -> TcpLabels {
-    let unknown = || "unknown".to_string();
+    let unknown = || telemetry::UNKNOWN.to_string();
+    let peer = |w: Option<&Workload>, principal: Option<String>| {
+        let or_unknown = |f: fn(&Workload) -> String| w.map(f).unwrap_or_else(unknown);
+        PeerLabels {
+            workload: or_unknown(|w| w.name.clone()),
+            canonical_service: or_unknown(|w| w.canonical_name.clone()),
+            canonical_revision: or_unknown(|w| w.canonical_revision.clone()),
+            workload_namespace: or_unknown(|w| w.namespace.clone()),
+            principal: principal.unwrap_or_else(unknown),
+            app: or_unknown(|w| w.canonical_name.clone()),
+            version: or_unknown(|w| w.canonical_revision.clone()),
+            cluster: cfg.cluster.clone(),
+        }
+    };
     TcpLabels {
-        reporter: reporter.into(),
-        source_workload: src.map(|w| w.name.clone()).unwrap_or_else(unknown),
-        source_canonical_service: src
-            .map(|w| w.canonical_name.clone())
-            .unwrap_or_else(unknown),
-        source_canonical_revision: src
-            .map(|w| w.canonical_revision.clone())
-            .unwrap_or_else(unknown),
-        source_workload_namespace: src.map(|w| w.namespace.clone()).unwrap_or_else(unknown),
-        source_principal: src_principal.unwrap_or_else(unknown),
-        source_app: src
-            .map(|w| w.canonical_name.clone())
-            .unwrap_or_else(unknown),
-        source_version: src
-            .map(|w| w.canonical_revision.clone())
-            .unwrap_or_else(unknown),
-        source_cluster: cfg.cluster.clone(),
+        reporter,
+        source: peer(src, src_principal),
         destination_service: svc.map(|s| s.hostname.clone()).unwrap_or_else(unknown),
         destination_service_namespace: svc.map(|s| s.namespace.clone()).unwrap_or_else(unknown),
         destination_service_name: svc.map(|s| s.name.clone()).unwrap_or_else(unknown),
-        destination_workload: dst.map(|w| w.name.clone()).unwrap_or_else(unknown),
-        destination_canonical_service: dst
-            .map(|w| w.canonical_name.clone())
-            .unwrap_or_else(unknown),
-        destination_canonical_revision: dst
-            .map(|w| w.canonical_revision.clone())
-            .unwrap_or_else(unknown),
-        destination_workload_namespace: dst.map(|w| w.namespace.clone()).unwrap_or_else(unknown),
-        destination_principal: dst.map(|w| w.identity.to_string()).unwrap_or_else(unknown),
-        destination_app: dst
-            .map(|w| w.canonical_name.clone())
-            .unwrap_or_else(unknown),
-        destination_version: dst
-            .map(|w| w.canonical_revision.clone())
-            .unwrap_or_else(unknown),
-        destination_cluster: cfg.cluster.clone(),
-        request_protocol: "tcp".into(),
-        response_flags: "-".into(),
-        connection_security_policy: security.into(),
+        destination: peer(dst, dst.map(|w| w.identity.to_string())),
+        request_protocol: RequestProtocol::Tcp,
+        response_flags: ResponseFlags::NONE,
+        connection_security_policy: security,
     }
 }
 

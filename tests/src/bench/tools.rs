@@ -1,19 +1,11 @@
-//! Helpers shared by the scenarios: installing the load tools, reading a process's CPU time
-//! and memory from `/proc`, and parsing what iperf3, h2load and `mesh-app load` print.
+//! Helpers shared by the scenarios: reading a process's CPU time and memory from `/proc`, and
+//! parsing what iperf3, h2load and `mesh-app load` print. The load tools themselves are
+//! installed by `cargo xtask bench` (its list of packages lives in xtask).
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
-
-/// Debian packages providing the load tools, keyed by the binary we run.
-const TOOLS: &[(&str, &str)] = &[
-    ("iperf3", "iperf3"),
-    ("h2load", "nghttp2-client"),
-    ("wrk", "wrk"),
-    ("nginx", "nginx-light"),
-    ("curl", "curl"),
-];
 
 fn have(bin: &str) -> bool {
     Command::new("sh")
@@ -21,41 +13,6 @@ fn have(bin: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-/// Installs the missing load tools with apt (the bench runs as root, like the e2e suite).
-pub fn ensure_tools() -> Result<()> {
-    let missing: Vec<&str> = TOOLS
-        .iter()
-        .filter(|(bin, _)| !have(bin))
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    println!("installing load tools: {}", missing.join(" "));
-    let update = Command::new("apt-get").args(["update", "-q"]).status()?;
-    if !update.success() {
-        bail!("apt-get update failed");
-    }
-    let st = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()?;
-    if !st.success() {
-        bail!("apt-get install {} failed", missing.join(" "));
-    }
-    // Debian starts nginx as a service on install; the bench runs its own in a pod.
-    if missing.contains(&"nginx-light") {
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                "systemctl stop nginx 2>/dev/null || nginx -s stop 2>/dev/null",
-            ])
-            .status();
-    }
-    Ok(())
 }
 
 pub fn iptables_available() -> bool {

@@ -1,6 +1,6 @@
 //! `mesh-bench [--runs N] [--quick] [--out FILE] [scenario]`: the benchmark runner behind
-//! `cargo xtask bench` (which builds everything and sets `MESH_BIN_DIR` and
-//! `MESH_EBPF_OBJECT`). Prints a table of median and spread per measurement and writes JSON
+//! `cargo xtask bench` (which installs the load tools, builds everything and sets
+//! `MESH_BIN_DIR` and `MESH_EBPF_OBJECT`). Prints a table of median and spread per measurement and writes JSON
 //! (default `target/bench/results.json`) and the same table as text (`results.md`).
 //!
 //! It also has internal subcommands it runs inside pods by re-executing itself:
@@ -104,7 +104,6 @@ fn main() -> Result<()> {
         Some(s) if SCENARIOS.contains(&s) => vec![s],
         Some(s) => bail!("unknown scenario `{s}`; known: {}", SCENARIOS.join(", ")),
     };
-    tools::ensure_tools()?;
     let nofile = tools::raise_nofile();
     let opts = Opts {
         runs: cli.runs.max(1),

@@ -31,6 +31,7 @@ use super::{accept_loop, tcp_labels, PodCtx, ProxyInputs};
 use crate::metrics::TcpLabels;
 use crate::state::policy::{authorize, ConnInfo, Decision};
 use crate::state::{target_port, ProxyState, Service, Workload};
+use common::telemetry::{Reporter, SecurityPolicy};
 use http::{HeaderMap, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -192,12 +193,12 @@ async fn handle_connect(
         .cloned();
     let labels = tcp_labels(
         &inputs.cfg,
-        "destination",
+        Reporter::Destination,
         src_wl.as_deref(),
         src_identity.map(|i| i.to_string()),
         Some(&ctx.workload),
         svc.as_deref(),
-        "mutual_tls",
+        SecurityPolicy::MutualTls,
     );
     match admit(&inputs, &ctx, &conn).await {
         Err(r) => {
@@ -285,9 +286,9 @@ where
     A: super::copy::Endpoint,
 {
     let start = Instant::now();
-    let reporter = labels.reporter.clone();
-    let security = labels.connection_security_policy.clone();
-    let src_principal = labels.source_principal.clone();
+    let reporter = labels.reporter;
+    let security = labels.connection_security_policy;
+    let src_principal = labels.source.principal.clone();
     let m = inputs.metrics.connection(labels);
     let meter = inputs.orig_dst.flow_meter(std::os::fd::AsFd::as_fd(&up));
     let mut metered = super::copy::Metered::new(&mut up, meter);
@@ -305,7 +306,8 @@ where
         .unwrap_or((m.received.get(), m.sent.get()));
     tracing::info!(
         target: "access",
-        reporter, %src, %dst, src_identity = %src_principal, security,
+        reporter = reporter.as_str(), %src, %dst, src_identity = %src_principal,
+        security = security.as_str(),
         bytes_received = rx, bytes_sent = tx,
         duration_ms = start.elapsed().as_millis() as u64,
         error = r.as_ref().err().map(|e| e.to_string()),
@@ -343,12 +345,12 @@ pub(crate) async fn deliver_local(
         Ok(up) => {
             let labels = tcp_labels(
                 &inputs.cfg,
-                "destination",
+                Reporter::Destination,
                 Some(&src.workload),
                 Some(src.workload.identity.to_string()),
                 Some(&dst_ctx.workload),
                 svc.as_deref(),
-                "mutual_tls",
+                SecurityPolicy::MutualTls,
             );
             // The client's socket is read here (not in an outbound relay): meter it too.
             let meter = inputs.orig_dst.flow_meter(std::os::fd::AsFd::as_fd(&down));

@@ -13,6 +13,7 @@ use super::inbound::{admit, relay, Refusal};
 use super::{accept_loop, tcp_labels, PodCtx, ProxyInputs};
 use crate::state::policy::{mtls_mode, ConnInfo};
 use common::istio::security::MtlsMode;
+use common::telemetry::{Reporter, SecurityPolicy};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
@@ -75,12 +76,12 @@ async fn handle(inputs: ProxyInputs, ctx: Arc<PodCtx>, tcp: TcpStream, peer: Soc
                 .cloned();
             let labels = tcp_labels(
                 &inputs.cfg,
-                "destination",
+                Reporter::Destination,
                 src_wl.as_deref(),
                 None,
                 Some(&wl),
                 svc.as_deref(),
-                "none",
+                SecurityPolicy::None,
             );
             let mut tcp = tcp;
             if !relay(&inputs, &mut tcp, up, labels, peer.ip(), dst).await {

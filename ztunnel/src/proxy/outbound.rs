@@ -13,6 +13,7 @@
 use super::inbound::deliver_local;
 use super::{accept_loop, tcp_labels, PodCtx, ProxyInputs};
 use crate::state::{Service, Upstream, Waypoint, Workload};
+use common::telemetry::{Reporter, SecurityPolicy};
 use http::{HeaderMap, HeaderValue};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -194,12 +195,12 @@ async fn hbone(
     tracing::debug!(%peer, %dst, ?waypoint, elapsed_us = start.elapsed().as_micros() as u64, "HBONE tunnel open");
     let labels = tcp_labels(
         &inputs.cfg,
-        "source",
+        Reporter::Source,
         Some(&ctx.workload),
         Some(ctx.workload.identity.to_string()),
         t.workload.as_deref(),
         t.service.as_deref(),
-        "mutual_tls",
+        SecurityPolicy::MutualTls,
     );
     relay_client(inputs, tcp, tunnel, labels, peer, dst).await;
 }
@@ -247,12 +248,12 @@ async fn passthrough(
     };
     let labels = tcp_labels(
         &inputs.cfg,
-        "source",
+        Reporter::Source,
         Some(&ctx.workload),
         Some(ctx.workload.identity.to_string()),
         up.workload.as_deref(),
         up.service.as_deref(),
-        "unknown",
+        SecurityPolicy::Unknown,
     );
     relay_client(inputs, tcp, upstream, labels, peer, up.addr).await;
 }
@@ -268,7 +269,7 @@ async fn relay_client<U>(
     U: super::copy::Endpoint,
 {
     let start = Instant::now();
-    let security = labels.connection_security_policy.clone();
+    let security = labels.connection_security_policy;
     let m = inputs.metrics.connection(labels);
     let meter = inputs.orig_dst.flow_meter(std::os::fd::AsFd::as_fd(&down));
     let mut metered = super::copy::Metered::new(&mut down, meter);
@@ -282,7 +283,7 @@ async fn relay_client<U>(
     }
     tracing::info!(
         target: "access",
-        reporter = "source", src = %peer, %dst, security,
+        reporter = Reporter::Source.as_str(), src = %peer, %dst, security = security.as_str(),
         bytes_sent = m.sent.get(), bytes_received = m.received.get(),
         duration_ms = start.elapsed().as_millis() as u64,
         error = r.err().map(|e| e.to_string()),
