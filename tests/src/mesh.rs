@@ -283,9 +283,15 @@ impl Mesh {
     }
 
     /// Starts the waypoint for gateway `gateway` in pod `pod` (its own network namespace; the
-    /// waypoint terminates and originates HBONE itself, so its pod is not captured).
+    /// waypoint terminates and originates HBONE itself, so its pod is not captured). The
+    /// Gateway lives in the pod's namespace.
     pub fn start_waypoint(&mut self, pod: &str, gateway: &str) -> Result<()> {
         let p = self.topo.pod(pod);
+        let namespace = self
+            .pods
+            .get(pod)
+            .map_or("default", |d| d.namespace.as_str())
+            .to_string();
         let argv = vec![
             bin("waypoint").display().to_string(),
             "--config".into(),
@@ -293,7 +299,7 @@ impl Mesh {
             "--name".into(),
             gateway.to_string(),
             "--namespace".into(),
-            "default".into(),
+            namespace,
             "--ca-dir".into(),
             self.ca_dir.display().to_string(),
         ];

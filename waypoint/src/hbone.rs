@@ -35,7 +35,7 @@ use crate::proxy::ConnInfo;
 use crate::upstream::{BoxFuture, BoxIo, ConnectTarget, Connector};
 
 /// HBONE's well-known port.
-pub const HBONE_PORT: u16 = 15008;
+pub const HBONE_PORT: u16 = common::ports::HBONE;
 /// Streams per pooled HTTP/2 connection (Istio's limit).
 const MAX_STREAMS: usize = 100;
 /// Idle pooled connections close after this long.

@@ -2,7 +2,7 @@
 //! that runs the proxy on each of them.
 //!
 //! The plaintext TCP acceptor serves tests and a future gateway role; the HBONE acceptor (an
-//! adapter over `ztunnel::hbone::server`) yields one stream per admitted `CONNECT`, with the
+//! adapter over `transport::hbone::server`) yields one stream per admitted `CONNECT`, with the
 //! peer's mTLS identity and the tunnel's target address in [`ConnInfo`]. A tunnel whose target
 //! this waypoint does not serve is dropped unread. Both feed the same
 //! server: HTTP/1.1 and HTTP/2 with prior knowledge (detected from the preface), header read

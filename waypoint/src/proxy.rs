@@ -278,6 +278,9 @@ pub async fn handle(
             rec.labels.destination_service = vh.service.fqdn.clone();
             rec.labels.destination_service_name = vh.service.name.clone();
             rec.labels.destination_service_namespace = vh.service.namespace.clone();
+            if let Some(w) = &vh.workload {
+                label_destination(rec, w);
+            }
             virtual_host(&inputs, &conn, &vh, source.as_deref(), parts, body, rec).await
         }
     };
@@ -293,6 +296,15 @@ pub async fn handle(
         resp.body_mut().set_completion(c);
     }
     resp
+}
+
+/// The destination workload's labels of the request's telemetry.
+fn label_destination(rec: &mut RequestRecord, w: &WorkloadInfo) {
+    rec.labels.destination_workload = w.name.clone();
+    rec.labels.destination_workload_namespace = w.namespace.clone();
+    rec.labels.destination_principal = w.principal.clone();
+    rec.labels.destination_app = w.app.clone();
+    rec.labels.destination_version = w.version.clone();
 }
 
 /// Completes the telemetry of a request whose handler is dropped before it produced a
@@ -594,11 +606,7 @@ async fn attempts(
         tried.push(ep.addr);
         rec.attempts = attempt + 1;
         rec.upstream_host = Some(ep.addr);
-        rec.labels.destination_workload = ep.workload.name.clone();
-        rec.labels.destination_workload_namespace = ep.workload.namespace.clone();
-        rec.labels.destination_principal = ep.workload.principal.clone();
-        rec.labels.destination_app = ep.workload.app.clone();
-        rec.labels.destination_version = ep.workload.version.clone();
+        label_destination(rec, &ep.workload);
 
         let req = prepared.request(stream);
         let active = ActiveGuard::new(&ep.state);

@@ -116,9 +116,12 @@ pub fn split_authority(a: &str) -> (&str, Option<u16>) {
 /// Routes for one (service, port).
 #[derive(Serialize)]
 pub struct VirtualHost {
-    /// `<fqdn>:<port>`.
+    /// `<fqdn>:<port>`, or `<pod IP>:<port>` for a pod addressed directly.
     pub name: String,
     pub service: Arc<ServiceInfo>,
+    /// The pod addressed directly, known before any route runs (telemetry of local replies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Arc<WorkloadInfo>>,
     pub port: u16,
     pub routes: Vec<Route>,
     pub authz: Arc<AuthzTable>,

@@ -2,7 +2,7 @@
 //!
 //! The request path only ever asks for "a byte stream to this endpoint". Today that is plain
 //! TCP ([`TcpConnector`]); in the mesh it is an HBONE tunnel (HTTP/2 `CONNECT` over mTLS to the
-//! endpoint's node on 15008), supplied by an adapter over `ztunnel::hbone::client`. The target
+//! endpoint's node on 15008), supplied by an adapter over `transport::hbone::client`. The target
 //! carries everything HBONE needs (endpoint address, expected identity, service host), so the
 //! adapter is the only change.
 

@@ -14,6 +14,3 @@ pub mod metrics;
 pub mod proxy;
 pub mod redirect;
 pub mod state;
-
-// The state module names these by crate path (`crate::identity`, `crate::hbone`).
-use transport::{hbone, identity};

@@ -15,7 +15,6 @@
 
 pub mod policy;
 
-use crate::identity::Identity;
 use arc_swap::ArcSwap;
 use common::k8s::Labels;
 use common::model::{BuildOptions, Model};
@@ -25,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use transport::identity::Identity;
 
 /// A pod as ztunnel sees it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -88,8 +88,8 @@ impl Workload {
     }
 
     /// Kind + name for baggage: a pod's owner is unknown locally, so `pod`.
-    pub fn baggage(&self, cluster: &str) -> crate::hbone::Baggage {
-        crate::hbone::Baggage {
+    pub fn baggage(&self, cluster: &str) -> transport::hbone::Baggage {
+        transport::hbone::Baggage {
             cluster: cluster.to_string(),
             namespace: self.namespace.clone(),
             workload_kind: "pod".into(),

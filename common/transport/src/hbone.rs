@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// HBONE port.
-pub const HBONE_PORT: u16 = 15008;
+pub const HBONE_PORT: u16 = common::ports::HBONE;
 /// Per-stream flow-control window (client side).
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// Per-connection flow-control window.

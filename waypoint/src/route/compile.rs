@@ -96,6 +96,7 @@ pub fn compile(
             let vh = Arc::new(VirtualHost {
                 name: format!("{}:{}", svc.hostname, sp.port),
                 service: info.clone(),
+                workload: None,
                 port: sp.port,
                 routes,
                 authz: authz.clone(),

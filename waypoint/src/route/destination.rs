@@ -138,6 +138,7 @@ pub(super) fn workload_vhost(
     Arc::new(VirtualHost {
         name: format!("{}:{port}", host.ip),
         service: host.service.clone(),
+        workload: Some(host.workload.clone()),
         port,
         routes: vec![default_route(cluster)],
         authz: host.authz.clone(),

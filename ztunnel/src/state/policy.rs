@@ -6,13 +6,13 @@
 //! semantics (Istio's order, HTTP attributes failing closed at L4, warnings naming policy and
 //! field) are the engine's; this module only adapts a connection to its attributes.
 
-use crate::identity::Identity;
 use common::authz::{self, Attributes, CompiledPolicy, Layer, WorkloadScope};
 use common::istio::security::{
     AuthorizationPolicySpec, AuthzAction, MtlsMode, PeerAuthenticationSpec,
 };
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use transport::identity::Identity;
 
 /// Istio's root namespace: policies there without a selector apply mesh-wide.
 pub const ROOT_NAMESPACE: &str = common::model::DEFAULT_ROOT_NAMESPACE;
