@@ -569,3 +569,12 @@ pub fn fastpath_switch() -> &'static str {
         _ => "off",
     }
 }
+
+/// Sum of the samples of metric `name` (Prometheus text) whose line contains every
+/// `must_contain` fragment (label matchers written as `key="value"`).
+pub fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && must_contain.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mesh_tests::mesh::workspace_root;
+use mesh_tests::mesh::{metric_sum, workspace_root};
 use mesh_tests::scenarios::{self, StepReport, CLIENT, DETAILS_URL, REVIEWS_URL};
 
 fn demo_mesh() -> mesh_tests::mesh::Mesh {
@@ -31,13 +31,6 @@ fn assert_steps(steps: &[StepReport]) {
         "steps failed:\n{}",
         failures.join("\n")
     );
-}
-
-fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && must_contain.iter().all(|m| l.contains(m)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// The demo's walkthrough, asserted: every step's numbers match its configuration.

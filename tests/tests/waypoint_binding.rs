@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use mesh_tests::config::{self, PodDef};
-use mesh_tests::mesh::{CaptureMode, Mesh};
+use mesh_tests::mesh::{metric_sum, CaptureMode, Mesh};
 
 const CLIENT: &str = "client-0";
 const BOOKS_VIP: &str = "10.96.5.1";
@@ -217,13 +217,6 @@ fn get(mesh: &Mesh, url: &str, want: u16) -> (u16, String) {
         std::thread::sleep(Duration::from_millis(200));
     }
     last
-}
-
-fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && must_contain.iter().all(|m| l.contains(m)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]
