@@ -203,3 +203,52 @@ fn cli_exit_codes() {
         "{text}"
     );
 }
+
+#[test]
+fn analyzer_follows_istio_precedence_and_waypoint_admission() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("config.yaml"),
+        "apiVersion: v1
+kind: Service
+metadata: {name: books, namespace: shop, labels: {istio.io/use-waypoint: wp, istio.io/use-waypoint-namespace: infra}}
+spec: {clusterIP: 10.96.9.1, ports: [{port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: infra}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-newer, namespace: shop, creationTimestamp: \"2024-05-01T00:00:00Z\"}
+spec:
+  hosts: [books]
+  http: [{route: [{destination: {host: books}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-older, namespace: shop, creationTimestamp: \"2024-01-01T00:00:00Z\"}
+spec:
+  hosts: [books]
+  http: [{route: [{destination: {host: books}}]}]
+",
+    )
+    .unwrap();
+    let errors = lines(&analyze_dir(tmp.path()), Severity::Error);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    // Not admitted by the waypoint's HBONE listener (no allowedRoutes: its own namespace only).
+    assert!(
+        errors[0].contains("(Service shop/books config.yaml:3)")
+            && errors[0].contains("does not admit namespace shop"),
+        "{}",
+        errors[0]
+    );
+    // The newer VirtualService is the one that does not take effect, whatever the load order.
+    assert!(
+        errors[1].contains("(VirtualService shop/a-newer config.yaml:")
+            && errors[1].contains("is also routed by VirtualService shop/b-older"),
+        "{}",
+        errors[1]
+    );
+}
