@@ -164,11 +164,15 @@ async fn run() -> anyhow::Result<()> {
     let source = DirSource::start(&dir, opts)
         .await
         .with_context(|| format!("loading config from {}", dir.display()))?;
+    // Subscribe before reading the first model, so a change published while ztunnel starts
+    // is seen by the follower below instead of lost.
+    let mut models = source.subscribe();
+    let initial = models.borrow_and_update().clone();
     let zt = Ztunnel::start(
         cfg,
         StartOptions {
             resources: Vec::new(),
-            model: Some(source.current()),
+            model: Some(initial),
             orig_dst,
             ca: None,
             log_control: Some(log),
@@ -176,7 +180,6 @@ async fn run() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let mut models = source.subscribe();
     let follow = zt.clone();
     tokio::spawn(async move {
         let mut retry = tokio::time::interval(Duration::from_secs(2));
