@@ -21,10 +21,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::authz::scope::{attached_to_waypoint, WaypointTarget, WAYPOINT_GATEWAY_CLASS};
+use crate::authz::scope::{attached_to_waypoint, WaypointTarget};
 use crate::identity::{Identity, DEFAULT_TRUST_DOMAIN};
 use crate::istio::security::MtlsMode;
-use crate::k8s::Labels;
+use crate::k8s::{Labels, WAYPOINT_GATEWAY_CLASS};
 use crate::resource::{
     AuthorizationPolicy, DestinationRule, IstioGateway, PeerAuthentication, Resource,
     VirtualService,

@@ -45,8 +45,6 @@ pub struct WaypointConfig {
     pub namespace: String,
     pub trust_domain: String,
     pub scope: ServeScope,
-    /// Cluster domain for FQDNs.
-    pub domain: String,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_replay_body: u64,
@@ -63,7 +61,6 @@ impl Default for WaypointConfig {
             namespace: "default".into(),
             trust_domain: common::identity::DEFAULT_TRUST_DOMAIN.into(),
             scope: ServeScope::All,
-            domain: "cluster.local".into(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_replay_body: DEFAULT_MAX_REPLAY_BODY,

@@ -16,11 +16,9 @@ use serde::Serialize;
 
 use crate::istio::security::PolicyTargetReference;
 use crate::istio::WorkloadSelector;
-use crate::k8s::Labels;
+use crate::k8s::{Labels, WAYPOINT_GATEWAY_CLASS};
 use crate::resource::AuthorizationPolicy;
 
-/// The GatewayClass of waypoints; a root-namespace policy targeting it binds every waypoint.
-pub const WAYPOINT_GATEWAY_CLASS: &str = "istio-waypoint";
 const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 
 /// Where a policy without `targetRef(s)` applies: ztunnel's view of policy scope. Also the
